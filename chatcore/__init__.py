@@ -1,0 +1,1 @@
+"""chatcore: the only writer of the database. Persists, sequences, then publishes."""

@@ -1,0 +1,136 @@
+"""chatcore's internal HTTP API, for the gateways only (never routed by the load balancer).
+
+Every request carries `Authorization: Bearer <LONGTAIL_SECRET>`. The gateway has already
+authenticated the user; paths name the acting user by id.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+import tornado.web
+
+from chatcore.service import EVENTS_PAGE, Chat
+from longtail.errors import ApiError
+from longtail.validate import field_str, query_int
+from longtail.web import JsonHandler, NotFoundHandler
+
+
+class InternalHandler(JsonHandler):
+    chat: Chat
+
+    def initialize(self, chat: Chat) -> None:
+        self.chat = chat
+
+    def prepare(self) -> None:
+        expected = f"Bearer {self.chat.settings.secret}".encode()
+        given = self.request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            raise ApiError(401, "bad_secret", "chatcore's internal API needs the shared secret.")
+
+
+class Health(InternalHandler):
+    def prepare(self) -> None:
+        """Health needs no secret: it says only whether the database answers."""
+
+    async def get(self) -> None:
+        await self.chat.ping()
+        self.send_json({"status": "ok"})
+
+
+class Register(InternalHandler):
+    async def post(self) -> None:
+        self.send_json(await self.chat.register(self.json_body()), 201)
+
+
+class Login(InternalHandler):
+    async def post(self) -> None:
+        self.send_json(await self.chat.login(self.json_body()))
+
+
+class Logout(InternalHandler):
+    async def post(self) -> None:
+        await self.chat.logout(field_str(self.json_body(), "token"))
+        self.send_json({"ok": True})
+
+
+class Verify(InternalHandler):
+    async def post(self) -> None:
+        self.send_json(await self.chat.verify(field_str(self.json_body(), "token")))
+
+
+class Friends(InternalHandler):
+    async def get(self, user_id: str) -> None:
+        self.send_json(await self.chat.friends(int(user_id)))
+
+    async def post(self, user_id: str) -> None:
+        result, changed = await self.chat.request_friend(int(user_id), self.json_body())
+        self.send_json(result, 201 if changed else 200)
+
+
+class Friend(InternalHandler):
+    async def delete(self, user_id: str, other_id: str) -> None:
+        await self.chat.remove_friend(int(user_id), int(other_id))
+        self.set_status(204)
+        self.finish()
+
+
+class Messages(InternalHandler):
+    async def post(self, user_id: str) -> None:
+        message, created = await self.chat.send(int(user_id), self.json_body())
+        self.send_json({"message": message}, 201 if created else 200)
+
+
+class Conversations(InternalHandler):
+    async def get(self, user_id: str) -> None:
+        self.send_json({"conversations": await self.chat.conversations(int(user_id))})
+
+
+class History(InternalHandler):
+    async def get(self, user_id: str, conversation_id: str) -> None:
+        before = query_int(self.get_query_argument("before", None), "before", low=1)
+        limit = query_int(self.get_query_argument("limit", None), "limit", low=1, high=200)
+        self.send_json(await self.chat.history(int(user_id), int(conversation_id), before, limit))
+
+
+class Read(InternalHandler):
+    async def post(self, user_id: str, conversation_id: str) -> None:
+        self.send_json(await self.chat.mark_read(int(user_id), int(conversation_id), self.json_body()))
+
+
+class Events(InternalHandler):
+    async def get(self, user_id: str) -> None:
+        after = query_int(self.get_query_argument("after", None), "after", default=None)
+        limit = query_int(self.get_query_argument("limit", None), "limit",
+                          low=1, high=EVENTS_PAGE) or EVENTS_PAGE
+        if after is None:
+            self.send_json({"events": [], "head": await self.chat.head(int(user_id))})
+            return
+        events, head = await self.chat.events(int(user_id), after, limit)
+        # Events are stored as JSON text: spliced in, not decoded and encoded again.
+        body = b'{"head":%d,"events":[%s]}' % (head, b",".join(e.data for e in events))
+        self.finish(body)
+
+
+def make_app(chat: Chat, **settings: Any) -> tornado.web.Application:
+    user = r"/internal/users/(\d{1,18})"
+    return tornado.web.Application(
+        [
+            (r"/internal/health", Health, {"chat": chat}),
+            (r"/internal/register", Register, {"chat": chat}),
+            (r"/internal/login", Login, {"chat": chat}),
+            (r"/internal/logout", Logout, {"chat": chat}),
+            (r"/internal/sessions/verify", Verify, {"chat": chat}),
+            (user + r"/friends", Friends, {"chat": chat}),
+            (user + r"/friends/(\d{1,18})", Friend, {"chat": chat}),
+            (user + r"/messages", Messages, {"chat": chat}),
+            (user + r"/conversations", Conversations, {"chat": chat}),
+            (user + r"/conversations/(\d{1,18})/messages", History, {"chat": chat}),
+            (user + r"/conversations/(\d{1,18})/read", Read, {"chat": chat}),
+            (user + r"/events", Events, {"chat": chat}),
+        ],
+        default_handler_class=NotFoundHandler,
+        **settings,
+    )
+

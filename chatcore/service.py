@@ -1,0 +1,128 @@
+"""What chatcore does, one method per command: a transaction, then the publish.
+
+Every write runs in one transaction that also appends the events it causes; the events
+are published only after commit (see chatcore.outbox for the crash-safety half).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from redis.asyncio import Redis
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from chatcore import accounts, eventlog, friends, messaging
+from chatcore.db import Database
+from chatcore.eventlog import Delivery
+from chatcore.outbox import Publisher
+from chatcore.passwords import Passwords
+from chatcore.sessions import Sessions
+from longtail.settings import Settings
+from longtail.wire import Event, Keys
+
+log = logging.getLogger("longtail.chatcore")
+
+T = TypeVar("T")
+EVENTS_PAGE = 500
+
+
+class Chat:
+    def __init__(self, settings: Settings, db: Database, redis: Redis) -> None:
+        keys = Keys(settings.redis_prefix)
+        self.settings = settings
+        self.db = db
+        self.redis = redis
+        self.passwords = Passwords(settings.argon2_time_cost, settings.argon2_memory_kib)
+        self.sessions = Sessions(redis, keys, settings.session_ttl)
+        self.publisher = Publisher(db, redis, keys, settings.buffer_size, settings.buffer_ttl)
+
+    async def _write(self, work: Callable[[AsyncSession], Awaitable[tuple[T, list[Delivery]]]]) -> T:
+        """Run `work` in a transaction, publish its events after commit.
+
+        A unique-constraint race (two first sends with one client_id, two people asking
+        each other at once) is retried once: the second attempt sees the winner's row.
+        """
+        for attempt in (1, 2):
+            try:
+                async with self.db.transaction() as tx:
+                    result, deliveries = await work(tx)
+                break
+            except IntegrityError:
+                if attempt == 2:
+                    raise
+                log.info("write raced a concurrent one; retrying")
+        await self.publisher.publish(deliveries)
+        return result
+
+    async def _read(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        async with self.db.transaction() as tx:
+            return await work(tx)
+
+    async def register(self, body: dict[str, Any]) -> dict[str, Any]:
+        async def work(tx: AsyncSession) -> tuple[dict[str, Any], list[Delivery]]:
+            return await accounts.register(tx, self.passwords, body), []
+        return await self._write(work)
+
+    async def login(self, body: dict[str, Any]) -> dict[str, Any]:
+        async def work(tx: AsyncSession) -> tuple[dict[str, Any], list[Delivery]]:
+            user = await accounts.authenticate(tx, self.passwords, body)
+            token = await self.sessions.create(tx, user)
+            return {**accounts.public(user), "token": token}, []
+        return await self._write(work)
+
+    async def logout(self, token: str) -> None:
+        async def work(tx: AsyncSession) -> tuple[None, list[Delivery]]:
+            await self.sessions.revoke(tx, token)
+            return None, []
+        await self._write(work)
+
+    async def verify(self, token: str) -> dict[str, Any]:
+        return await self._read(lambda tx: self.sessions.verify(tx, token))
+
+    async def friends(self, user_id: int) -> dict[str, Any]:
+        return await self._read(lambda tx: friends.listing(tx, user_id))
+
+    async def request_friend(self, user_id: int, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        async def work(tx: AsyncSession) -> tuple[tuple[dict[str, Any], bool], list[Delivery]]:
+            result, changed, deliveries = await friends.request(tx, user_id, body)
+            return (result, changed), deliveries
+        return await self._write(work)
+
+    async def remove_friend(self, user_id: int, other_id: int) -> None:
+        async def work(tx: AsyncSession) -> tuple[None, list[Delivery]]:
+            return None, await friends.remove(tx, user_id, other_id)
+        await self._write(work)
+
+    async def send(self, user_id: int, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        async def work(tx: AsyncSession) -> tuple[tuple[dict[str, Any], bool], list[Delivery]]:
+            message, created, deliveries = await messaging.send(
+                tx, user_id, body, self.settings.max_message_chars)
+            return (message, created), deliveries
+        return await self._write(work)
+
+    async def conversations(self, user_id: int) -> list[dict[str, Any]]:
+        return await self._read(lambda tx: messaging.conversations(tx, user_id))
+
+    async def history(self, user_id: int, conversation_id: int, before: int | None,
+                      limit: int | None) -> dict[str, Any]:
+        return await self._read(
+            lambda tx: messaging.history(tx, user_id, conversation_id, before, limit))
+
+    async def mark_read(self, user_id: int, conversation_id: int, body: dict[str, Any]) -> dict[str, Any]:
+        async def work(tx: AsyncSession) -> tuple[dict[str, Any], list[Delivery]]:
+            return await messaging.mark_read(tx, user_id, conversation_id, body)
+        return await self._write(work)
+
+    async def events(self, user_id: int, after: int, limit: int = EVENTS_PAGE) -> tuple[list[Event], int]:
+        return await self._read(lambda tx: eventlog.read_after(tx, user_id, after, limit))
+
+    async def ping(self) -> None:
+        async with self.db.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def head(self, user_id: int) -> int:
+        return await self._read(lambda tx: eventlog.head(tx, user_id))

@@ -1,0 +1,96 @@
+"""The public REST API (DESIGN.md): accounts, friends, messages, conversations.
+
+The gateway authenticates and checks the envelope (size, JSON); chatcore validates the
+fields and owns every rule, so there is one place that decides what is valid.
+"""
+
+from __future__ import annotations
+
+import json
+
+from gateway.auth import COOKIE, request_token
+from gateway.base import GatewayHandler
+from longtail.validate import query_int
+
+
+class Register(GatewayHandler):
+    async def post(self) -> None:
+        await self.relay("POST", "/internal/register", body=self.json_body())
+
+
+class Login(GatewayHandler):
+    async def post(self) -> None:
+        _, raw = await self.services.chatcore.request("POST", "/internal/login", body=self.json_body())
+        session = json.loads(raw)
+        self.set_cookie(COOKIE, session["token"], httponly=True, samesite="Lax",
+                        secure=self.request.protocol == "https", path="/",
+                        expires_days=self.services.settings.session_ttl / 86400)
+        self.finish(raw)
+
+
+class Logout(GatewayHandler):
+    async def post(self) -> None:
+        await self.current_user_or_401()
+        await self.services.chatcore.request("POST", "/internal/logout",
+                                             body={"token": request_token(self.request)})
+        self.clear_cookie(COOKIE, path="/")
+        self.send_json({"ok": True})
+
+
+class Me(GatewayHandler):
+    async def get(self) -> None:
+        user = await self.current_user_or_401()
+        self.send_json({"id": user.id, "username": user.username})
+
+
+class Friends(GatewayHandler):
+    async def get(self) -> None:
+        user = await self.current_user_or_401()
+        listing = await self.services.chatcore.call("GET", f"/internal/users/{user.id}/friends")
+        online = await self.services.presence.online([f["id"] for f in listing["friends"]])
+        for friend in listing["friends"]:
+            friend["online"] = friend["id"] in online
+        self.send_json(listing)
+
+    async def post(self) -> None:
+        user = await self.current_user_or_401()
+        await self.relay("POST", f"/internal/users/{user.id}/friends", body=self.json_body())
+
+
+class Friend(GatewayHandler):
+    async def delete(self, other_id: str) -> None:
+        user = await self.current_user_or_401()
+        await self.services.chatcore.request("DELETE", f"/internal/users/{user.id}/friends/{other_id}")
+        self.set_status(204)
+        self.finish()
+
+
+class Messages(GatewayHandler):
+    async def post(self) -> None:
+        user = await self.current_user_or_401()
+        await self.relay("POST", f"/internal/users/{user.id}/messages", body=self.json_body())
+
+
+class Conversations(GatewayHandler):
+    async def get(self) -> None:
+        user = await self.current_user_or_401()
+        await self.relay("GET", f"/internal/users/{user.id}/conversations")
+
+
+class History(GatewayHandler):
+    async def get(self, conversation_id: str) -> None:
+        user = await self.current_user_or_401()
+        params = {}
+        for name, low, high in (("before", 1, None), ("limit", 1, 200)):
+            value = query_int(self.get_query_argument(name, None), name, low=low, high=high)
+            if value is not None:
+                params[name] = value
+        await self.relay("GET", f"/internal/users/{user.id}/conversations/{conversation_id}/messages",
+                         params=params)
+
+
+class Read(GatewayHandler):
+    async def post(self, conversation_id: str) -> None:
+        user = await self.current_user_or_401()
+        await self.relay("POST", f"/internal/users/{user.id}/conversations/{conversation_id}/read",
+                         body=self.json_body())

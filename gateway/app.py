@@ -1,0 +1,109 @@
+"""Assembling a gateway: make_app(services) for the routes, Gateway for the process."""
+
+from __future__ import annotations
+
+import logging
+
+import tornado.web
+from redis.asyncio import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+
+from gateway import api
+from gateway.auth import Authenticator
+from gateway.base import Services
+from gateway.catchup import Catchup
+from gateway.chatcore_client import ChatcoreClient
+from gateway.health import Healthz, Readyz
+from gateway.hub import Hub
+from gateway.presence import Presence
+from gateway.transports.longpoll import LongPoll
+from gateway.transports.sse import EventStream
+from gateway.transports.websocket import EventSocket
+from longtail.settings import Settings
+from longtail.web import NotFoundHandler
+from longtail.wire import Keys
+
+log = logging.getLogger("longtail.gateway")
+
+ID = r"(\d{1,18})"
+
+
+def make_app(services: Services) -> tornado.web.Application:
+    routes: list[tuple[str, type[tornado.web.RequestHandler]]] = [
+        (r"/api/register", api.Register),
+        (r"/api/login", api.Login),
+        (r"/api/logout", api.Logout),
+        (r"/api/me", api.Me),
+        (r"/api/friends", api.Friends),
+        (rf"/api/friends/{ID}", api.Friend),
+        (r"/api/messages", api.Messages),
+        (r"/api/conversations", api.Conversations),
+        (rf"/api/conversations/{ID}/messages", api.History),
+        (rf"/api/conversations/{ID}/read", api.Read),
+        (r"/api/events", LongPoll),
+        (r"/api/events/stream", EventStream),
+        (r"/api/events/ws", EventSocket),
+        (r"/healthz", Healthz),
+        (r"/readyz", Readyz),
+    ]
+    heartbeat = services.settings.heartbeat
+    return tornado.web.Application(
+        [(path, handler, {"services": services}) for path, handler in routes],
+        default_handler_class=NotFoundHandler,
+        websocket_ping_interval=heartbeat,
+        websocket_ping_timeout=2 * heartbeat,
+        websocket_max_message_size=services.settings.max_request_bytes,
+    )
+
+
+class Gateway:
+    """One gateway process: start() connects and serves, stop() closes everything."""
+
+    def __init__(self, settings: Settings, *, redis: Redis | None = None,
+                 subscriber: Redis | None = None) -> None:
+        keys = Keys(settings.redis_prefix)
+        self.settings = settings
+        self.redis = redis or Redis.from_url(settings.redis_url)
+        # The subscriber must surface every connection error to the hub, which then
+        # re-subscribes and catches up; redis-py's silent retry would hide the gap.
+        self.subscriber = subscriber or Redis.from_url(
+            settings.redis_url, retry=Retry(NoBackoff(), 0), socket_keepalive=True)
+        self.chatcore = ChatcoreClient(settings.chatcore_url, settings.secret)
+        self.hub = Hub(self.subscriber, keys, unsubscribe_grace=settings.unsubscribe_grace)
+        self.catchup = Catchup(self.redis, keys, self.chatcore)
+        self.presence = Presence(self.redis, keys, self.hub)
+        self.services = Services(settings, self.hub, self.catchup, self.chatcore,
+                                 Authenticator(self.redis, keys, self.chatcore), self.presence)
+        self.server: HTTPServer | None = None
+        self.port: int | None = None
+
+    async def start(self, port: int | None = None) -> None:
+        await self.chatcore.start()
+        await self.hub.start()
+        await self.presence.start()
+        sockets = bind_sockets(self.settings.port if port is None else port,
+                               address=self.settings.host)
+        # xheaders: behind nginx/haproxy the client's address and scheme come from
+        # X-Forwarded-For / X-Forwarded-Proto (deploy/ sets them).
+        self.server = HTTPServer(make_app(self.services), xheaders=True,
+                                 idle_connection_timeout=3600)
+        self.server.add_sockets(sockets)
+        self.port = sockets[0].getsockname()[1]
+        log.info("gateway %s listening on http://%s:%d", self.hub.gateway_id,
+                 self.settings.host, self.port)
+
+    async def stop(self) -> None:
+        self.services.draining = True
+        if self.server is not None:
+            self.server.stop()
+        self.hub.close_all("draining")
+        if self.server is not None:
+            await self.server.close_all_connections()
+        await self.presence.stop()
+        await self.hub.stop()
+        await self.chatcore.close()
+        await self.redis.aclose()
+        await self.subscriber.aclose()

@@ -1,0 +1,77 @@
+"""What every public gateway handler shares: services, auth, bounded JSON bodies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import tornado.web
+
+from gateway.auth import Authenticator, User, request_token
+from gateway.catchup import Catchup
+from gateway.chatcore_client import ChatcoreClient
+from gateway.hub import Hub
+from gateway.presence import Presence
+from longtail.errors import ApiError
+from longtail.settings import Settings
+from longtail.web import JsonHandler
+
+
+@dataclass
+class Services:
+    """Everything a gateway handler may use; built once by gateway.app.Gateway."""
+
+    settings: Settings
+    hub: Hub
+    catchup: Catchup
+    chatcore: ChatcoreClient
+    auth: Authenticator
+    presence: Presence
+    draining: bool = False
+
+
+@tornado.web.stream_request_body
+class GatewayHandler(JsonHandler):
+    """Bodies are streamed so an oversized one is refused (413) before it is read."""
+
+    services: Services
+
+    def initialize(self, services: Services) -> None:
+        self.services = services
+        self._chunks: list[bytes] = []
+        self._size = 0
+
+    def prepare(self) -> None:
+        limit = self.services.settings.max_request_bytes
+        length = self.request.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise _too_large(limit)
+
+    def data_received(self, chunk: bytes) -> None:
+        self._size += len(chunk)
+        if self._size > self.services.settings.max_request_bytes:
+            raise _too_large(self.services.settings.max_request_bytes)
+        self._chunks.append(chunk)
+
+    def json_body(self) -> dict[str, Any]:
+        # Cookie-authenticated writes must be JSON: a cross-site HTML form cannot send
+        # application/json without a CORS preflight, which we never grant (CSRF).
+        content_type = self.request.headers.get("Content-Type", "")
+        if content_type.split(";")[0].strip().lower() != "application/json":
+            raise ApiError(415, "unsupported_media_type", "Send the body as application/json.")
+        self.request.body = b"".join(self._chunks)
+        return super().json_body()
+
+    async def current_user_or_401(self) -> User:
+        return await self.services.auth.user(request_token(self.request))
+
+    async def relay(self, method: str, path: str, *, body: Any = None,
+                    params: dict[str, Any] | None = None) -> None:
+        """Answer with chatcore's status and JSON body, untouched."""
+        status, raw = await self.services.chatcore.request(method, path, body=body, params=params)
+        self.set_status(status)
+        self.finish(raw)
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, "body_too_large", f"The request body is over {limit} bytes.")

@@ -1,0 +1,78 @@
+"""Catch-up from a cursor: the user's hot buffer in Redis first, chatcore when older.
+
+Never a scan: the buffer is a sorted set read by score, chatcore reads its event log by
+primary key. Either way the answer starts at cursor + 1 with no gap, or chatcore decides.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from gateway.chatcore_client import ChatcoreClient
+from longtail.wire import Event, Keys
+
+log = logging.getLogger("longtail.gateway.catchup")
+
+PAGE = 500
+
+
+class Catchup:
+    def __init__(self, redis: Redis, keys: Keys, chatcore: ChatcoreClient) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._chatcore = chatcore
+        self.from_buffer = 0
+        self.from_chatcore = 0
+
+    async def after(self, user_id: int, cursor: int) -> list[Event]:
+        """Events with seq > cursor, in order, without gaps (maybe empty); a cursor
+        ahead of the user's newest event is chatcore's 400."""
+        try:
+            buffered = await self._from_buffer(user_id, cursor)
+        except RedisError as exc:
+            log.warning("hot buffer unavailable, reading chatcore: %s", exc)
+            buffered = None
+        if buffered is not None:
+            self.from_buffer += 1
+            return buffered
+        self.from_chatcore += 1
+        return await self._chatcore.events_after(user_id, cursor)
+
+    async def head(self, user_id: int) -> int:
+        """The user's newest seq: where a client without a cursor starts."""
+        try:
+            cached = await self._redis.get(self._keys.head(user_id))
+        except RedisError:
+            cached = None
+        # The head key may trail chatcore's by an unpublished event, never lead it;
+        # starting a little early only means receiving that event.
+        return int(cached) if cached is not None else await self._chatcore.head(user_id)
+
+    async def _from_buffer(self, user_id: int, cursor: int) -> list[Event] | None:
+        """The buffered events after `cursor`, or None when the buffer cannot tell."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zrangebyscore(self._keys.buffer(user_id), f"({cursor}", "+inf",
+                           start=0, num=PAGE, withscores=True)
+        pipe.get(self._keys.head(user_id))
+        rows, head = await pipe.execute()
+        if rows:
+            events = [Event(int(score), data) for data, score in rows]
+            if events[0].seq != cursor + 1:
+                return None  # trimmed past the cursor: older than the buffer holds
+            return _contiguous(events)
+        if head is None or cursor != int(head):
+            # Nothing buffered after the cursor, yet the head says otherwise (or is
+            # gone with a Redis restart): only chatcore knows.
+            return None
+        return []
+
+
+def _contiguous(events: list[Event]) -> list[Event]:
+    """The leading run without a gap (a later publish may have overtaken an earlier one)."""
+    for i in range(1, len(events)):
+        if events[i].seq != events[i - 1].seq + 1:
+            return events[:i]
+    return events

@@ -1,0 +1,92 @@
+"""The gateway's client for chatcore's internal API: keep-alive HTTP, errors as ApiError."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+import aiohttp
+
+from longtail.errors import ApiError
+from longtail.wire import Event
+
+log = logging.getLogger("longtail.gateway.chatcore")
+
+# A command that takes longer than this is failing, not slow: the browser gets a 503
+# and retries (sends are idempotent on client_id).
+REQUEST_TIMEOUT = 10.0
+
+
+def unavailable() -> ApiError:
+    return ApiError(503, "chatcore_unavailable",
+                    "The chat service is unavailable; try again in a moment.",
+                    headers={"Retry-After": "1"})
+
+
+class ChatcoreClient:
+    def __init__(self, base_url: str, secret: str) -> None:
+        self._base = base_url.rstrip("/")
+        self._secret = secret
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            headers={"Authorization": f"Bearer {self._secret}"},
+            timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT),
+            connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=60),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def request(self, method: str, path: str, *, body: Any = None,
+                      params: dict[str, Any] | None = None) -> tuple[int, bytes]:
+        """Status and raw body of a successful call; chatcore's own error re-raised as is."""
+        if self._session is None:
+            raise RuntimeError("ChatcoreClient.start() was not called")
+        try:
+            async with self._session.request(method, self._base + path, json=body,
+                                             params=params) as resp:
+                status, raw = resp.status, await resp.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            log.warning("chatcore %s %s failed: %s", method, path, exc or type(exc).__name__)
+            raise unavailable() from None
+        if status >= 400:
+            raise _relayed(status, raw)
+        return status, raw
+
+    async def call(self, method: str, path: str, *, body: Any = None,
+                   params: dict[str, Any] | None = None) -> Any:
+        _, raw = await self.request(method, path, body=body, params=params)
+        return json.loads(raw) if raw else None
+
+    async def events_after(self, user_id: int, after: int) -> list[Event]:
+        data = await self.call("GET", f"/internal/users/{user_id}/events", params={"after": after})
+        return [Event(e["seq"], _encode(e)) for e in data["events"]]
+
+    async def head(self, user_id: int) -> int:
+        data = await self.call("GET", f"/internal/users/{user_id}/events")
+        return int(data["head"])
+
+    async def healthy(self) -> bool:
+        try:
+            await self.request("GET", "/internal/health")
+        except ApiError:
+            return False
+        return True
+
+
+def _encode(event: dict[str, Any]) -> bytes:
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _relayed(status: int, raw: bytes) -> ApiError:
+    try:
+        error = json.loads(raw)["error"]
+        return ApiError(status, str(error["code"]), str(error["message"]))
+    except (ValueError, KeyError, TypeError):
+        log.error("chatcore answered %d without an error body", status)
+        return ApiError(502, "bad_gateway", "The chat service gave an unexpected answer.")

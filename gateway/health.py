@@ -1,0 +1,27 @@
+"""Liveness and readiness for load balancers and orchestrators.
+
+/healthz: the process answers. /readyz: it can do its job now: the Redis subscriber is
+connected and heard from recently, and chatcore answers. Not ready means "send new
+clients elsewhere", not "restart me".
+"""
+
+from __future__ import annotations
+
+from gateway.base import GatewayHandler
+
+
+class Healthz(GatewayHandler):
+    def get(self) -> None:
+        self.send_json({"status": "ok"})
+
+
+class Readyz(GatewayHandler):
+    async def get(self) -> None:
+        services = self.services
+        checks = {
+            "redis": services.hub.healthy,
+            "chatcore": await services.chatcore.healthy(),
+            "draining": services.draining,
+        }
+        ready = checks["redis"] and checks["chatcore"] and not services.draining
+        self.send_json({"ready": ready, "checks": checks}, 200 if ready else 503)

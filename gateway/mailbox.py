@@ -1,0 +1,72 @@
+"""A held connection's inbox: what the hub hands over, bounded, until the writer takes it.
+
+The Redis reader never writes to a socket: it appends here and wakes the connection.
+A connection that lets `limit` events pile up is a slow consumer; it is closed and
+resumes from its cursor, rather than growing the gateway's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from longtail.wire import Event
+
+
+class Mailbox:
+    __slots__ = ("limit", "_events", "_waiter", "stale", "overflowed", "closed")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._events: list[Event] = []
+        self._waiter: asyncio.Future[None] | None = None
+        # True until the first catch-up, and again whenever pub/sub may have lost
+        # something (a reconnect): the feed then reads storage instead of trusting us.
+        self.stale = True
+        self.overflowed = False
+        self.closed: str | None = None
+
+    def deliver(self, event: Event) -> None:
+        if len(self._events) >= self.limit:
+            self.overflowed = True
+        else:
+            self._events.append(event)
+        self._wake()
+
+    def resync(self) -> None:
+        self.stale = True
+        self._wake()
+
+    def close(self, reason: str) -> None:
+        """Ask the connection to end (client gone, gateway draining)."""
+        self.closed = reason
+        self._wake()
+
+    def take(self) -> list[Event]:
+        events, self._events = self._events, []
+        return events
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._events) or self.stale or self.overflowed or self.closed is not None
+
+    async def wait(self, timeout: float) -> None:
+        """Return when there is something to look at, or after `timeout` seconds."""
+        if self.ready or timeout <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(timeout, _settle, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+    def _wake(self) -> None:
+        if self._waiter is not None:
+            _settle(self._waiter)
+
+
+def _settle(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

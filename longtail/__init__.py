@@ -1,0 +1,1 @@
+"""Longtail: the command line and the pieces chatcore and the gateway share."""

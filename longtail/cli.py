@@ -1,0 +1,100 @@
+"""`longtail`: chatcore, gateway, dev (everything on embedded defaults) and migrate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+
+from longtail.settings import ConfigError, Settings
+
+log = logging.getLogger("longtail")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="longtail", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    core = commands.add_parser("chatcore", help="run chatcore (the database writer)")
+    core.add_argument("--port", type=int, help="listen port (default: CHATCORE_URL's port)")
+    core.add_argument("--migrate", action="store_true", help="run migrations first")
+    gw = commands.add_parser("gateway", help="run one gateway process")
+    gw.add_argument("--port", type=int, help="listen port (default: PORT)")
+    dev = commands.add_parser("dev", help="chatcore, two gateways and Redis in one process")
+    dev.add_argument("--port", type=int, default=8080, help="first gateway's port (default 8080)")
+    commands.add_parser("migrate", help="bring the database schema up to date")
+    args = parser.parse_args(argv)
+
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"longtail: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Alembic announces each of its plugins at INFO; only its migration lines matter.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    try:
+        if args.command == "migrate":
+            asyncio.run(_migrate(settings))
+        elif args.command == "chatcore":
+            asyncio.run(_serve(lambda: _chatcore(settings, args.port, args.migrate)))
+        elif args.command == "gateway":
+            asyncio.run(_serve(lambda: _gateway(settings, args.port)))
+        else:
+            from longtail.dev import run_dev
+
+            asyncio.run(_serve(lambda: run_dev(settings, args.port)))
+    except ConfigError as exc:
+        print(f"longtail: configuration error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+Stopper = Callable[[], Awaitable[None]]
+
+
+async def _serve(start: Callable[[], Awaitable[Stopper]]) -> None:
+    """Start, then run until SIGTERM or SIGINT, then stop cleanly."""
+    stop = await start()
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, done.set)
+    await done.wait()
+    log.info("stopping")
+    await stop()
+
+
+async def _migrate(settings: Settings) -> None:
+    from chatcore.db import Database
+    from chatcore.migrate import migrate
+
+    db = Database(settings.database_url)
+    try:
+        await migrate(db)
+    finally:
+        await db.close()
+    log.info("database is up to date")
+
+
+async def _chatcore(settings: Settings, port: int | None, auto_migrate: bool) -> Stopper:
+    from chatcore.app import Chatcore
+
+    core = Chatcore(settings)
+    await core.start(port, auto_migrate=auto_migrate)
+    return core.stop
+
+
+async def _gateway(settings: Settings, port: int | None) -> Stopper:
+    from gateway.app import Gateway
+
+    gateway = Gateway(settings)
+    await gateway.start(port)
+    return gateway.stop
+
+
+if __name__ == "__main__":
+    sys.exit(main())

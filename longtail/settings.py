@@ -1,0 +1,183 @@
+"""Configuration enters once: a typed settings object read from the environment at start-up.
+
+Every variable has a documented default (see README.md, "Configuration"). A wrong value
+stops start-up with a one-line ConfigError naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+T = TypeVar("T")
+
+DEV_SECRET = "longtail-dev-secret"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0:
+        raise ValueError("must be a positive number")
+    return value
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a TCP port (0-65535)")
+    return value
+
+
+def _redis_url(raw: str) -> str:
+    if urlsplit(raw).scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    return raw
+
+
+def _http_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL")
+    return raw.rstrip("/")
+
+
+def database_url(raw: str) -> str:
+    """Accept the URLs people write and pick the async driver we ship."""
+    scheme, sep, rest = raw.partition("://")
+    if not sep:
+        raise ValueError("must be a URL such as sqlite:///longtail.sqlite3 or postgresql://...")
+    base = scheme.split("+", 1)[0]
+    if base == "sqlite":
+        return f"sqlite+aiosqlite://{rest}"
+    if base in ("postgresql", "postgres"):
+        return f"postgresql+asyncpg://{rest}"
+    raise ValueError("must be a sqlite:// or postgresql:// URL")
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    return tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
+
+
+def _str(raw: str) -> str:
+    return raw
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a chatcore or gateway process needs, with the defaults of `longtail dev`."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    database_url: str = "sqlite+aiosqlite:///longtail.sqlite3"
+    chatcore_url: str = "http://127.0.0.1:8700"
+    port: int = 8080
+    host: str = "0.0.0.0"
+    chatcore_host: str = "127.0.0.1"
+    secret: str = DEV_SECRET
+    redis_prefix: str = "lt"
+    # Long-poll: the wait when the client names none, and the longest it may ask for.
+    # Under the 60 s proxy_read_timeout most proxies (and deploy/nginx.conf) use.
+    poll_timeout: float = 25.0
+    poll_timeout_max: float = 55.0
+    # Home routers and proxies close connections idle for 30-60 s; 15 s keeps streams alive.
+    heartbeat: float = 15.0
+    # Hot buffer of recent events per user in Redis, so catch-up rarely reaches chatcore.
+    buffer_size: int = 256
+    buffer_ttl: int = 3600
+    # Events queued for one connection before it counts as a slow consumer and is closed.
+    mailbox_size: int = 256
+    # Long-polls reconnect every few seconds; keeping the channel a little longer saves
+    # an UNSUBSCRIBE/SUBSCRIBE round trip per poll.
+    unsubscribe_grace: float = 5.0
+    max_message_chars: int = 4000
+    max_request_bytes: int = 65536
+    session_ttl: int = 30 * 24 * 3600
+    # argon2id cost: RFC 9106's "low memory" profile (3 passes over 64 MiB) by default.
+    argon2_time_cost: int = 3
+    argon2_memory_kib: int = 65536
+    allowed_origins: tuple[str, ...] = ()
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name, (var, cast) in _ENV.items():
+            raw = env.get(var)
+            if raw is None or raw == "":
+                continue
+            try:
+                values[name] = cast(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{var}={raw!r}: {exc}") from None
+        settings = cls(**values)
+        return settings.with_(**overrides) if overrides else settings.validated()
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes).validated()
+
+    def validated(self) -> Settings:
+        if self.poll_timeout > self.poll_timeout_max:
+            raise ConfigError(
+                "LONGTAIL_POLL_TIMEOUT must not exceed LONGTAIL_POLL_TIMEOUT_MAX "
+                f"({self.poll_timeout} > {self.poll_timeout_max})"
+            )
+        if not self.secret:
+            raise ConfigError("LONGTAIL_SECRET must not be empty")
+        return self
+
+    @property
+    def chatcore_port(self) -> int:
+        return urlsplit(self.chatcore_url).port or (443 if self.chatcore_url.startswith("https") else 80)
+
+    @property
+    def uses_dev_secret(self) -> bool:
+        return self.secret == DEV_SECRET
+
+
+def _level(raw: str) -> str:
+    level = raw.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+    return level
+
+
+_ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "redis_url": ("REDIS_URL", _redis_url),
+    "database_url": ("DATABASE_URL", database_url),
+    "chatcore_url": ("CHATCORE_URL", _http_url),
+    "port": ("PORT", _port),
+    "host": ("HOST", _str),
+    "chatcore_host": ("CHATCORE_HOST", _str),
+    "secret": ("LONGTAIL_SECRET", _str),
+    "redis_prefix": ("LONGTAIL_REDIS_PREFIX", _str),
+    "poll_timeout": ("LONGTAIL_POLL_TIMEOUT", _positive_float),
+    "poll_timeout_max": ("LONGTAIL_POLL_TIMEOUT_MAX", _positive_float),
+    "heartbeat": ("LONGTAIL_HEARTBEAT", _positive_float),
+    "buffer_size": ("LONGTAIL_BUFFER_SIZE", _positive_int),
+    "buffer_ttl": ("LONGTAIL_BUFFER_TTL", _positive_int),
+    "mailbox_size": ("LONGTAIL_MAILBOX_SIZE", _positive_int),
+    "unsubscribe_grace": ("LONGTAIL_UNSUBSCRIBE_GRACE", float),
+    "max_message_chars": ("LONGTAIL_MAX_MESSAGE_CHARS", _positive_int),
+    "max_request_bytes": ("LONGTAIL_MAX_REQUEST_BYTES", _positive_int),
+    "session_ttl": ("LONGTAIL_SESSION_TTL", _positive_int),
+    "argon2_time_cost": ("LONGTAIL_ARGON2_TIME_COST", _positive_int),
+    "argon2_memory_kib": ("LONGTAIL_ARGON2_MEMORY_KIB", _positive_int),
+    "allowed_origins": ("LONGTAIL_ALLOWED_ORIGINS", _origins),
+    "log_level": ("LONGTAIL_LOG_LEVEL", _level),
+}
+
+ENV_VARS = {name: var for name, (var, _) in _ENV.items()}

@@ -1,0 +1,106 @@
+"""The Tornado handler base both services share: JSON in, JSON out, one error shape."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import tornado.web
+
+from longtail.errors import ApiError, bad_request
+
+log = logging.getLogger("longtail.web")
+
+# Deeper than any request body we define; json.loads is recursive, so a deeply nested
+# body would otherwise cost stack and time for nothing.
+MAX_JSON_DEPTH = 32
+
+STATUS_CODES = {
+    400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+    405: "method_not_allowed", 409: "conflict", 413: "too_large", 415: "unsupported_media_type",
+    429: "rate_limited", 500: "internal_error", 502: "bad_gateway", 503: "unavailable",
+}
+
+
+class JsonHandler(tornado.web.RequestHandler):
+    """Renders every failure as {"error": {"code", "message"}} with the right status."""
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Content-Type-Options", "nosniff")
+
+    def send_json(self, payload: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(json.dumps(payload, separators=(",", ":"), ensure_ascii=False))
+
+    def json_body(self) -> dict[str, Any]:
+        """The request body as a JSON object, or a 400 that says what is wrong with it."""
+        raw = self.request.body
+        if not raw:
+            raise bad_request("The request needs a JSON object body.", "invalid_json")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise bad_request("The body is not valid UTF-8.", "invalid_json") from None
+        if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _nesting(text) > MAX_JSON_DEPTH:
+            raise bad_request("The JSON body is nested too deeply.", "invalid_json")
+        try:
+            body = json.loads(text)
+        except ValueError as exc:
+            raise bad_request(f"The body is not valid JSON: {exc}.", "invalid_json") from None
+        if not isinstance(body, dict):
+            raise bad_request("The JSON body must be an object.", "invalid_json")
+        return body
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, ApiError):
+            for name, value in exc.headers.items():
+                self.set_header(name, value)
+            payload = exc.body()
+        elif isinstance(exc, tornado.web.HTTPError) and status_code < 500:
+            code = STATUS_CODES.get(status_code, "error")
+            payload = {"error": {"code": code, "message": exc.log_message or self._reason}}
+        else:
+            payload = {"error": {"code": STATUS_CODES.get(status_code, "error"),
+                                 "message": "Something went wrong on our side."}}
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(json.dumps(payload, separators=(",", ":")))
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, ApiError):
+            # Expected: the client's mistake or a known condition, no traceback.
+            log.info("%s %s -> %d %s", self.request.method, self.request.path, value.status, value.code)
+            return
+        super().log_exception(typ, value, tb)
+
+
+class NotFoundHandler(JsonHandler):
+    """Unknown paths answer in the same JSON error shape as everything else."""
+
+    def prepare(self) -> None:
+        raise ApiError(404, "not_found", f"No such endpoint: {self.request.path}")
+
+
+def _nesting(text: str) -> int:
+    """The deepest bracket nesting, ignoring brackets inside strings."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
