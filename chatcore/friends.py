@@ -43,7 +43,7 @@ async def listing(tx: AsyncSession, user_id: int) -> dict[str, list[dict[str, An
         .order_by(User.username_key)
     )
     result: dict[str, list[dict[str, Any]]] = {"friends": [], "incoming": [], "outgoing": []}
-    for friendship, other in rows.tuples():
+    for friendship, other in rows:
         if friendship.status == ACCEPTED:
             result["friends"].append(accounts.public(other))
         elif friendship.requester_id == user_id:

@@ -102,7 +102,7 @@ async def conversations(tx: AsyncSession, user_id: int) -> list[dict[str, Any]]:
         .order_by(func.coalesce(Conversation.last_message_id, 0).desc(), Conversation.id.desc())
     )
     result = []
-    for conversation, other, last_message, unread_count in rows.tuples():
+    for conversation, other, last_message, unread_count in rows:
         last_json = None
         if last_message is not None:
             sender = other if last_message.sender_id == other.id else await tx.get(User, user_id)
@@ -125,7 +125,7 @@ async def history(tx: AsyncSession, user_id: int, conversation_id: int,
              .where(Message.conversation_id == conversation_id))
     if before is not None:
         query = query.where(Message.id < before)
-    rows = (await tx.execute(query.order_by(Message.id.desc()).limit(page + 1))).tuples().all()
+    rows = (await tx.execute(query.order_by(Message.id.desc()).limit(page + 1))).all()
     more = len(rows) > page
     messages = [message_json(m, u) for m, u in reversed(rows[:page])]
     return {"messages": messages,

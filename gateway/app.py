@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import tornado.web
 from redis.asyncio import Redis
@@ -13,7 +14,7 @@ from tornado.netutil import bind_sockets
 
 from gateway import api
 from gateway.auth import Authenticator
-from gateway.base import Services
+from gateway.base import DRAIN_LIMIT, Services
 from gateway.catchup import Catchup
 from gateway.chatcore_client import ChatcoreClient
 from gateway.health import Healthz, Readyz
@@ -29,6 +30,13 @@ from longtail.wire import Keys
 log = logging.getLogger("longtail.gateway")
 
 ID = r"(\d{1,18})"
+
+
+
+def subscriber_options() -> dict[str, Any]:
+    """The subscriber must surface every connection error to the hub, which then
+    re-subscribes and catches up; redis-py's silent retry would hide the gap."""
+    return {"retry": Retry(NoBackoff(), 0), "socket_keepalive": True}
 
 
 def make_app(services: Services) -> tornado.web.Application:
@@ -67,10 +75,7 @@ class Gateway:
         keys = Keys(settings.redis_prefix)
         self.settings = settings
         self.redis = redis or Redis.from_url(settings.redis_url)
-        # The subscriber must surface every connection error to the hub, which then
-        # re-subscribes and catches up; redis-py's silent retry would hide the gap.
-        self.subscriber = subscriber or Redis.from_url(
-            settings.redis_url, retry=Retry(NoBackoff(), 0), socket_keepalive=True)
+        self.subscriber = subscriber or Redis.from_url(settings.redis_url, **subscriber_options())
         self.chatcore = ChatcoreClient(settings.chatcore_url, settings.secret)
         self.hub = Hub(self.subscriber, keys, unsubscribe_grace=settings.unsubscribe_grace)
         self.catchup = Catchup(self.redis, keys, self.chatcore)
@@ -89,7 +94,7 @@ class Gateway:
         # xheaders: behind nginx/haproxy the client's address and scheme come from
         # X-Forwarded-For / X-Forwarded-Proto (deploy/ sets them).
         self.server = HTTPServer(make_app(self.services), xheaders=True,
-                                 idle_connection_timeout=3600)
+                                 idle_connection_timeout=3600, max_body_size=DRAIN_LIMIT)
         self.server.add_sockets(sockets)
         self.port = sockets[0].getsockname()[1]
         log.info("gateway %s listening on http://%s:%d", self.hub.gateway_id,

@@ -30,9 +30,15 @@ class Services:
     draining: bool = False
 
 
+# Bodies up to this size are read (and discarded past max_request_bytes) so the client
+# gets its 413; a client that stops reading its response while still uploading (most
+# do) would otherwise see only a connection reset. Larger ones are cut off by Tornado.
+DRAIN_LIMIT = 16 * 1024 * 1024
+
+
 @tornado.web.stream_request_body
 class GatewayHandler(JsonHandler):
-    """Bodies are streamed so an oversized one is refused (413) before it is read."""
+    """Bodies are streamed and kept only up to the limit, so a huge one costs no memory."""
 
     services: Services
 
@@ -41,19 +47,15 @@ class GatewayHandler(JsonHandler):
         self._chunks: list[bytes] = []
         self._size = 0
 
-    def prepare(self) -> None:
-        limit = self.services.settings.max_request_bytes
-        length = self.request.headers.get("Content-Length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            raise _too_large(limit)
-
     def data_received(self, chunk: bytes) -> None:
         self._size += len(chunk)
-        if self._size > self.services.settings.max_request_bytes:
-            raise _too_large(self.services.settings.max_request_bytes)
-        self._chunks.append(chunk)
+        if self._size <= self.services.settings.max_request_bytes:
+            self._chunks.append(chunk)
 
     def json_body(self) -> dict[str, Any]:
+        limit = self.services.settings.max_request_bytes
+        if self._size > limit:
+            raise ApiError(413, "body_too_large", f"The request body is over {limit} bytes.")
         # Cookie-authenticated writes must be JSON: a cross-site HTML form cannot send
         # application/json without a CORS preflight, which we never grant (CSRF).
         content_type = self.request.headers.get("Content-Type", "")
@@ -72,6 +74,3 @@ class GatewayHandler(JsonHandler):
         self.set_status(status)
         self.finish(raw)
 
-
-def _too_large(limit: int) -> ApiError:
-    return ApiError(413, "body_too_large", f"The request body is over {limit} bytes.")

@@ -34,10 +34,10 @@ log = logging.getLogger("longtail.gateway.hub")
 # anyway; if it was not, the confirmation (after a reconnect) triggers a catch-up.
 SUBSCRIBE_WAIT = 2.0
 # Watchdog: ping our own channel this often; a subscriber that has heard nothing for
-# STALL_AFTER (pings included) is silently dead (a NAT or proxy dropped it) and is
+# three intervals (pings included) is silently dead (a NAT or proxy dropped it) and is
 # replaced.
 PING_INTERVAL = 5.0
-STALL_AFTER = 3 * PING_INTERVAL
+STALL_PINGS = 3
 # Reconnect backoff bounds, jittered so a fleet of gateways does not reconnect in step.
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 5.0
@@ -57,10 +57,12 @@ class _Channel:
 
 class Hub:
     def __init__(self, redis: Redis, keys: Keys, *, unsubscribe_grace: float = 5.0,
-                 gateway_id: str | None = None) -> None:
+                 gateway_id: str | None = None, ping_interval: float = PING_INTERVAL) -> None:
         self._redis = redis
         self._keys = keys
         self._grace = unsubscribe_grace
+        self._ping_interval = ping_interval
+        self._stall_after = STALL_PINGS * ping_interval
         self.gateway_id = gateway_id or uuid.uuid4().hex[:12]
         self._control = keys.control(self.gateway_id).encode()
         self._channels: dict[bytes, _Channel] = {}
@@ -91,7 +93,7 @@ class Hub:
     def healthy(self) -> bool:
         """Subscribed, and heard from Redis recently."""
         loop = asyncio.get_running_loop()
-        return self._connected and loop.time() - self._last_heard < STALL_AFTER
+        return self._connected and loop.time() - self._last_heard < self._stall_after
 
     async def wait_healthy(self, timeout: float) -> bool:
         loop = asyncio.get_running_loop()
@@ -243,15 +245,15 @@ class Hub:
     async def _watch(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(PING_INTERVAL)
+            await asyncio.sleep(self._ping_interval)
             if not self._connected:
                 continue
             try:
                 await self._redis.publish(self._control, b"ping")
             except (RedisError, OSError) as exc:
                 log.info("watchdog ping failed: %s", exc)
-            if loop.time() - self._last_heard > STALL_AFTER and self._reader is not None:
-                log.warning("redis subscriber silent for %.0fs; replacing it", STALL_AFTER)
+            if loop.time() - self._last_heard > self._stall_after and self._reader is not None:
+                log.warning("redis subscriber silent for %.1fs; replacing it", self._stall_after)
                 self._reader.cancel()
                 with suppress(asyncio.CancelledError):
                     await self._reader

@@ -1,0 +1,96 @@
+"""A feed yields each seq once, in order, filling gaps from storage."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from gateway.feed import Closed, Feed
+from gateway.mailbox import Mailbox
+from longtail.wire import Event
+
+
+def ev(seq: int) -> Event:
+    return Event(seq, json.dumps({"seq": seq}).encode())
+
+
+class Storage:
+    """Stands in for Catchup: the user's committed events."""
+
+    def __init__(self, upto: int) -> None:
+        self.upto = upto
+        self.reads: list[int] = []
+
+    async def after(self, user_id: int, cursor: int) -> list[Event]:
+        self.reads.append(cursor)
+        return [ev(s) for s in range(cursor + 1, self.upto + 1)]
+
+
+def feed(cursor: int, storage: Storage, limit: int = 10) -> Feed:
+    return Feed(1, cursor, Mailbox(limit), storage)  # type: ignore[arg-type]
+
+
+async def test_first_read_catches_up_from_storage():
+    storage = Storage(upto=3)
+    f = feed(1, storage)
+    assert [e.seq for e in await f.next(1)] == [2, 3]
+    assert f.cursor == 3 and storage.reads == [1]
+
+
+async def test_live_events_continue_and_duplicates_are_dropped():
+    storage = Storage(upto=2)
+    f = feed(2, storage)
+    assert await f.next(0) == []
+    for seq in (2, 3, 3, 4):  # a re-published 2 and 3: the outbox may do that
+        f.mailbox.deliver(ev(seq))
+    assert [e.seq for e in await f.next(1)] == [3, 4]
+    assert storage.reads == [2]
+
+
+async def test_a_gap_is_filled_from_storage():
+    storage = Storage(upto=5)
+    f = feed(2, storage)
+    f.mailbox.stale = False
+    f.mailbox.deliver(ev(3))
+    f.mailbox.deliver(ev(5))  # 4 was lost in pub/sub
+    assert [e.seq for e in await f.next(1)] == [3]
+    assert [e.seq for e in await f.next(1)] == [4, 5]
+    assert storage.reads == [3]
+
+
+async def test_resync_rereads_storage():
+    storage = Storage(upto=1)
+    f = feed(1, storage)
+    assert await f.next(0) == []
+    storage.upto = 3
+    f.mailbox.resync()
+    assert [e.seq for e in await f.next(1)] == [2, 3]
+
+
+async def test_waits_until_an_event_or_the_timeout():
+    f = feed(0, Storage(upto=0))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await f.next(0.2) == []
+    assert loop.time() - started >= 0.19
+    loop.call_later(0.05, f.mailbox.deliver, ev(1))
+    assert [e.seq for e in await f.next(5)] == [1]
+    assert loop.time() - started < 2
+
+
+async def test_overflow_closes_as_slow_consumer():
+    f = feed(0, Storage(upto=0), limit=3)
+    assert await f.next(0) == []
+    for seq in range(1, 6):
+        f.mailbox.deliver(ev(seq))
+    with pytest.raises(Closed, match="slow_consumer"):
+        await f.next(1)
+
+
+async def test_close_wakes_a_waiting_feed():
+    f = feed(0, Storage(upto=0))
+    asyncio.get_running_loop().call_later(0.05, f.mailbox.close, "gone")
+    with pytest.raises(Closed, match="gone"):
+        await f.next(10)

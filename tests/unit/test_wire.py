@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+import pytest
+
+from longtail.wire import Event, Keys
+
+
+def test_event_message_round_trip():
+    event = Event(42, b'{"seq":42,"type":"message","body":"a:b"}')
+    assert Event.from_message(event.to_message()) == event
+
+
+@pytest.mark.parametrize("raw", [b"", b"12", b"x:{}", b"12:"])
+def test_malformed_messages_are_rejected(raw):
+    with pytest.raises(ValueError):
+        Event.from_message(raw)
+
+
+def test_user_keys_share_one_cluster_slot_and_channels_map_back():
+    keys = Keys("lt")
+    assert keys.channel(7) == "lt:{u:7}:ch" and keys.buffer(7) == "lt:{u:7}:buf"
+    assert keys.user_of_channel(keys.channel(7).encode()) == 7
+    assert keys.user_of_channel(keys.control("gw1").encode()) is None
