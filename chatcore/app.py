@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from typing import Any
 
 from redis.asyncio import Redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
@@ -18,13 +21,21 @@ from longtail.settings import ConfigError, Settings
 log = logging.getLogger("longtail.chatcore")
 
 
+def redis_options() -> dict[str, Any]:
+    """Fail fast: a send is committed before it is published, and the outbox re-publishes
+    whatever Redis did not take, so waiting seconds on a dead Redis only delays the
+    sender's answer."""
+    return {"retry": Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
+            "socket_connect_timeout": 0.5, "socket_timeout": 2.0}
+
+
 class Chatcore:
     """One chatcore process: start() binds and serves, stop() drains and closes."""
 
     def __init__(self, settings: Settings, redis: Redis | None = None) -> None:
         self.settings = settings
         self.db = Database(settings.database_url)
-        self.redis = redis or Redis.from_url(settings.redis_url)
+        self.redis = redis or Redis.from_url(settings.redis_url, **redis_options())
         self.chat = Chat(settings, self.db, self.redis)
         self.server: HTTPServer | None = None
         self.port: int | None = None

@@ -1,0 +1,147 @@
+"""chatcore's promises: gap-free per-user seqs, idempotent sends, crash-safe publishing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy import func, select
+
+from chatcore.app import redis_options
+from chatcore.db import Database
+from chatcore.models import Outbox
+from chatcore.service import Chat
+from longtail.errors import ApiError
+from longtail.wire import Keys
+
+
+@pytest.fixture
+async def chat(settings, redis_factory):
+    db = Database(settings.database_url)
+    chat = Chat(settings, db, redis_factory())
+    yield chat
+    await db.close()
+
+
+async def user(chat: Chat, name: str) -> int:
+    return (await chat.register({"username": name, "password": "password1"}))["id"]
+
+
+async def friends(chat: Chat, a: int, b: int, a_name: str, b_name: str) -> None:
+    await chat.request_friend(a, {"username": b_name})
+    await chat.request_friend(b, {"username": a_name})
+
+
+async def outbox_rows(chat: Chat) -> int:
+    async with chat.db.transaction() as tx:
+        return (await tx.execute(select(func.count()).select_from(Outbox))).scalar_one()
+
+
+async def test_concurrent_sends_give_each_user_gap_free_seqs(chat):
+    names = ["ua_user", "ub_user", "uc_user"]
+    ids = [await user(chat, n) for n in names]
+    for i in range(3):
+        for j in range(i + 1, 3):
+            await friends(chat, ids[i], ids[j], names[i], names[j])
+    # Everyone writes to everyone at once: the worst case for lock ordering.
+    sends = [chat.send(ids[i], {"to": ids[j], "body": f"{i}->{j} #{k}", "client_id": f"{i}-{j}-{k}"})
+             for k in range(15) for i in range(3) for j in range(3) if i != j]
+    await asyncio.gather(*sends)
+    for uid in ids:
+        events, head = await chat.events(uid, 0)
+        seqs = [e.seq for e in events]
+        assert seqs == list(range(1, head + 1)), "seqs are 1..head with no gap or repeat"
+        # 4 friendship events + 30 received + 30 sent.
+        assert head == 4 + 60
+
+
+async def test_concurrent_retries_of_one_send_store_one_message(chat):
+    a, b = await user(chat, "ra_user"), await user(chat, "rb_user")
+    await friends(chat, a, b, "ra_user", "rb_user")
+    results = await asyncio.gather(*[
+        chat.send(a, {"to": b, "body": "once", "client_id": "same"}) for _ in range(8)])
+    assert len({m["id"] for m, _ in results}) == 1
+    assert sum(created for _, created in results) == 1
+    events, _ = await chat.events(b, 2)
+    assert [json.loads(e.data)["message"]["body"] for e in events] == ["once"]
+
+
+async def test_published_events_leave_the_outbox(chat):
+    a, b = await user(chat, "pa_user"), await user(chat, "pb_user")
+    await friends(chat, a, b, "pa_user", "pb_user")
+    await chat.publisher._forget()
+    assert await outbox_rows(chat) == 0
+
+
+async def test_events_committed_while_redis_is_down_are_published_by_the_sweep(
+        settings, redis_factory):
+    """The crash-between-commit-and-publish case: the outbox rows outlive the failure."""
+    db = Database(settings.database_url)
+    dead_redis = Redis(host="127.0.0.1", port=1, **redis_options())
+    broken = Chat(settings, db, dead_redis)
+    a, b = await user(broken, "oa_user"), await user(broken, "ob_user")
+    await friends(broken, a, b, "oa_user", "ob_user")
+    message, created = await broken.send(a, {"to": b, "body": "survives", "client_id": "x"})
+    assert created, "the send itself succeeds: it is committed"
+    assert await outbox_rows(broken) == 6
+    await dead_redis.aclose()
+
+    # A new chatcore process starts: its publisher sweeps everything left behind.
+    live_redis = redis_factory()
+    keys = Keys(settings.redis_prefix)
+    pubsub = live_redis.pubsub()
+    await pubsub.subscribe(keys.channel(b))
+    await pubsub.get_message(timeout=1)
+    restarted = Chat(settings, db, live_redis)
+    await restarted.publisher.start()
+    try:
+        received = []
+        while len(received) < 3:
+            msg = await pubsub.get_message(timeout=5)
+            assert msg is not None, "re-published events arrive on the channel"
+            if msg["type"] == "message":
+                received.append(json.loads(msg["data"].split(b":", 1)[1]))
+        assert [e["seq"] for e in received] == [1, 2, 3]
+        assert received[-1]["message"]["body"] == "survives"
+        assert int(await live_redis.get(keys.head(b))) == 3
+        assert await live_redis.zcard(keys.buffer(b)) == 3
+        await restarted.publisher._forget()
+        assert await outbox_rows(restarted) == 0
+    finally:
+        await pubsub.aclose()
+        await restarted.publisher.stop()
+        await db.close()
+
+
+async def test_sweep_leaves_fresh_rows_to_the_live_publisher(chat):
+    a, b = await user(chat, "fa_user"), await user(chat, "fb_user")
+    chat.publisher._published.clear()
+    await friends(chat, a, b, "fa_user", "fb_user")
+    chat.publisher._published.clear()  # pretend the deletes are still pending
+    assert await chat.publisher.sweep(older_than=timedelta(seconds=60)) == 0
+    assert await chat.publisher.sweep(older_than=timedelta(0)) == 4
+
+
+async def test_cursor_ahead_is_refused(chat):
+    a = await user(chat, "ca_user")
+    with pytest.raises(ApiError) as info:
+        await chat.events(a, 1)
+    assert info.value.status == 400 and info.value.code == "cursor_ahead"
+
+
+async def test_unfriending_stops_messages_and_refriending_reuses_the_conversation(chat):
+    a, b = await user(chat, "la_user"), await user(chat, "lb_user")
+    await friends(chat, a, b, "la_user", "lb_user")
+    first, _ = await chat.send(a, {"to": b, "body": "1", "client_id": "1"})
+    await chat.remove_friend(b, a)
+    with pytest.raises(ApiError) as info:
+        await chat.send(a, {"to": b, "body": "2", "client_id": "2"})
+    assert info.value.status == 403
+    await friends(chat, a, b, "la_user", "lb_user")
+    again, _ = await chat.send(a, {"to": b, "body": "3", "client_id": "3"})
+    assert again["conversation_id"] == first["conversation_id"]
+    history = await chat.history(b, first["conversation_id"], None, None)
+    assert [m["body"] for m in history["messages"]] == ["1", "3"]
