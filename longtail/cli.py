@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     gw = commands.add_parser("gateway", help="run one gateway process")
     gw.add_argument("--port", type=int, help="listen port (default: PORT)")
     dev = commands.add_parser("dev", help="chatcore, two gateways and Redis in one process")
-    dev.add_argument("--port", type=int, default=8080, help="first gateway's port (default 8080)")
+    dev.add_argument("--port", type=int, default=8080,
+                     help="first gateway's port, the second is the next (default 8080; 0: any free)")
     commands.add_parser("migrate", help="bring the database schema up to date")
     args = parser.parse_args(argv)
 

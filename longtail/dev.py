@@ -41,11 +41,12 @@ async def run_dev(settings: Settings, first_port: int) -> Callable[[], Awaitable
         settings = settings.with_(redis_url=url)
         log.info("embedded Redis-compatible server at %s", url)
     core = Chatcore(settings)
-    await core.start(auto_migrate=True)
+    # Internal to this process: any free port will do, the gateways are told which.
+    await core.start(0, auto_migrate=True)
     settings = settings.with_(chatcore_url=f"http://127.0.0.1:{core.port}")
     gateways = [Gateway(settings), Gateway(settings)]
     for offset, gateway in enumerate(gateways):
-        await gateway.start(first_port + offset)
+        await gateway.start(first_port + offset if first_port else 0)
     print("Longtail is running:", flush=True)
     for gateway in gateways:
         print(f"  gateway  http://127.0.0.1:{gateway.port}/", flush=True)

@@ -1,0 +1,60 @@
+"""One process cluster per module: chatcore + three gateways on the suite's backends."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from chatcore.db import Database
+from longtail.dev import start_embedded_redis
+from tests.backends import REAL_DATABASE_URL, REAL_REDIS_URL, TABLES
+from tests.e2e.cluster import Cluster, base_env
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def e2e_redis_url() -> Iterator[str]:
+    if REAL_REDIS_URL:
+        yield REAL_REDIS_URL
+        return
+    url, stop = start_embedded_redis()
+    yield url
+    stop()
+
+
+@pytest.fixture(scope="module")
+def e2e_database_url(migrated_database: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    if REAL_DATABASE_URL:
+        async def empty() -> None:
+            db = Database(REAL_DATABASE_URL)
+            async with db.engine.begin() as conn:
+                await conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+            await db.close()
+        asyncio.run(empty())
+        return REAL_DATABASE_URL
+    target = tmp_path_factory.mktemp("e2e-db") / "longtail.sqlite3"
+    shutil.copy(Path(migrated_database.removeprefix("sqlite+aiosqlite:///")), target)
+    return f"sqlite:///{target}"
+
+
+@pytest.fixture(scope="module")
+def e2e_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("e2e")
+
+
+@pytest.fixture(scope="module")
+def cluster(e2e_redis_url: str, e2e_database_url: str, e2e_workdir: Path) -> Iterator[Cluster]:
+    env = base_env(e2e_redis_url, e2e_database_url, f"e2e{uuid.uuid4().hex[:8]}")
+    procs = Cluster.build(e2e_workdir, env, gateways=3)
+    try:
+        asyncio.run(procs.start())
+        yield procs
+    finally:
+        procs.stop()
