@@ -71,6 +71,8 @@ async def read_sse(http: aiohttp.ClientSession, url: str, headers: dict[str, str
     async with http.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=deadline)) as resp:
         assert resp.status == 200, await resp.text()
         assert resp.headers["Content-Type"].startswith("text/event-stream")
+        assert resp.headers["X-Accel-Buffering"] == "no"
+        assert resp.headers["Cache-Control"] == "no-store"
         event_id = None
         async for raw in resp.content:
             line = raw.decode().rstrip("\n")
