@@ -38,13 +38,14 @@ async def rig(redis_target, redis_prefix, database_url):
     direct = Redis(host=host, port=port)
     db = Database(database_url)
     publisher = Publisher(db, direct, keys, buffer_size=100, buffer_ttl=60)
-    hub = Hub(Redis.from_url(proxy.url, **subscriber_options()), keys,
-              unsubscribe_grace=0.1, ping_interval=0.2)
+    subscriber = Redis.from_url(proxy.url, **subscriber_options())
+    hub = Hub(subscriber, keys, unsubscribe_grace=0.1, ping_interval=0.2)
     await hub.start()
     assert await hub.wait_healthy(5)
     catchup = Catchup(direct, keys, EmptyChatcore())  # type: ignore[arg-type]
     yield proxy, hub, publisher, catchup
     await hub.stop()
+    await subscriber.aclose()
     await proxy.stop()
     await direct.delete(keys.buffer(1), keys.head(1))
     await direct.aclose()
