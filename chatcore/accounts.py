@@ -37,14 +37,18 @@ async def register(tx: AsyncSession, passwords: Passwords, body: dict[str, Any])
     username, password = credentials(body)
     if not USERNAME.fullmatch(username):
         raise bad_request(
-            "A username is 3 to 32 letters, digits, '.', '_' or '-'.", "invalid_username")
+            "A username is 3 to 32 letters, digits, '.', '_' or '-'.", "invalid_username"
+        )
     if len(password) < MIN_PASSWORD:
         raise bad_request(f"A password has at least {MIN_PASSWORD} characters.", "weak_password")
     taken = ApiError(409, "username_taken", f"The username '{username}' is taken.")
     if await by_name(tx, username) is not None:
         raise taken
-    user = User(username=username, username_key=username_key(username),
-                password_hash=await passwords.hash(password))
+    user = User(
+        username=username,
+        username_key=username_key(username),
+        password_hash=await passwords.hash(password),
+    )
     tx.add(user)
     try:
         await tx.flush()

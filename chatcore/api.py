@@ -96,14 +96,18 @@ class History(InternalHandler):
 
 class Read(InternalHandler):
     async def post(self, user_id: str, conversation_id: str) -> None:
-        self.send_json(await self.chat.mark_read(int(user_id), int(conversation_id), self.json_body()))
+        self.send_json(
+            await self.chat.mark_read(int(user_id), int(conversation_id), self.json_body())
+        )
 
 
 class Events(InternalHandler):
     async def get(self, user_id: str) -> None:
         after = query_int(self.get_query_argument("after", None), "after", default=None)
-        limit = query_int(self.get_query_argument("limit", None), "limit",
-                          low=1, high=EVENTS_PAGE) or EVENTS_PAGE
+        limit = (
+            query_int(self.get_query_argument("limit", None), "limit", low=1, high=EVENTS_PAGE)
+            or EVENTS_PAGE
+        )
         if after is None:
             self.send_json({"events": [], "head": await self.chat.head(int(user_id))})
             return
@@ -133,4 +137,3 @@ def make_app(chat: Chat, **settings: Any) -> tornado.web.Application:
         default_handler_class=NotFoundHandler,
         **settings,
     )
-

@@ -25,8 +25,11 @@ def redis_options() -> dict[str, Any]:
     """Fail fast: a send is committed before it is published, and the outbox re-publishes
     whatever Redis did not take, so waiting seconds on a dead Redis only delays the
     sender's answer."""
-    return {"retry": Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
-            "socket_connect_timeout": 0.5, "socket_timeout": 2.0}
+    return {
+        "retry": Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
+        "socket_connect_timeout": 0.5,
+        "socket_timeout": 2.0,
+    }
 
 
 class Chatcore:
@@ -45,8 +48,10 @@ class Chatcore:
         if auto_migrate:
             await migrate(self.db)
         await self.chat.publisher.start()
-        sockets = bind_sockets(self.settings.chatcore_port if port is None else port,
-                               address=self.settings.chatcore_host)
+        sockets = bind_sockets(
+            self.settings.chatcore_port if port is None else port,
+            address=self.settings.chatcore_host,
+        )
         self.server = HTTPServer(make_app(self.chat))
         self.server.add_sockets(sockets)
         self.port = sockets[0].getsockname()[1]
@@ -73,5 +78,5 @@ def refuse_public_dev_secret(settings: Settings) -> None:
     if not loopback:
         raise ConfigError(
             f"LONGTAIL_SECRET is the development default but CHATCORE_HOST={host} is not a "
-            "loopback address: set LONGTAIL_SECRET to a long random value.")
-
+            "loopback address: set LONGTAIL_SECRET to a long random value."
+        )

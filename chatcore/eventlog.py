@@ -32,8 +32,9 @@ class Delivery:
 
 def encode(seq: int, type_: str, body: dict[str, Any]) -> bytes:
     """The event's one JSON encoding, stored, buffered and delivered byte for byte."""
-    return json.dumps({"seq": seq, "type": type_, **body}, separators=(",", ":"),
-                      ensure_ascii=False).encode()
+    return json.dumps(
+        {"seq": seq, "type": type_, **body}, separators=(",", ":"), ensure_ascii=False
+    ).encode()
 
 
 async def append(tx: AsyncSession, items: list[tuple[int, str, dict[str, Any]]]) -> list[Delivery]:
@@ -57,12 +58,20 @@ async def append(tx: AsyncSession, items: list[tuple[int, str, dict[str, Any]]])
         for seq, (type_, body) in enumerate(events, start=last - len(events) + 1):
             data = encode(seq, type_, body)
             deliveries.append(Delivery(user_id, Event(seq, data)))
-            rows.append({"user_id": user_id, "seq": seq, "type": type_,
-                         "payload": data.decode(), "created_at": now})
+            rows.append(
+                {
+                    "user_id": user_id,
+                    "seq": seq,
+                    "type": type_,
+                    "payload": data.decode(),
+                    "created_at": now,
+                }
+            )
     if rows:
         await tx.execute(insert(EventRow), rows)
         await tx.execute(
-            insert(Outbox), [{"user_id": r["user_id"], "seq": r["seq"], "created_at": now} for r in rows]
+            insert(Outbox),
+            [{"user_id": r["user_id"], "seq": r["seq"], "created_at": now} for r in rows],
         )
     return deliveries
 
@@ -74,15 +83,20 @@ async def head(tx: AsyncSession, user_id: int) -> int:
     return value
 
 
-async def read_after(tx: AsyncSession, user_id: int, after: int, limit: int) -> tuple[list[Event], int]:
+async def read_after(
+    tx: AsyncSession, user_id: int, after: int, limit: int
+) -> tuple[list[Event], int]:
     """Events with seq > after, oldest first, and the user's current head.
 
     A cursor past the head is a client bug (or another user's cursor): a clear 400.
     """
     last = await head(tx, user_id)
     if after > last:
-        raise ApiError(400, "cursor_ahead",
-                       f"Cursor {after} is ahead of the newest event ({last}); resume from {last}.")
+        raise ApiError(
+            400,
+            "cursor_ahead",
+            f"Cursor {after} is ahead of the newest event ({last}); resume from {last}.",
+        )
     rows = await tx.execute(
         select(EventRow.seq, EventRow.payload)
         .where(EventRow.user_id == user_id, EventRow.seq > after)

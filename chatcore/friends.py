@@ -38,8 +38,13 @@ async def are_friends(tx: AsyncSession, a: int, b: int) -> bool:
 async def listing(tx: AsyncSession, user_id: int) -> dict[str, list[dict[str, Any]]]:
     rows = await tx.execute(
         select(Friendship, User)
-        .join(User, or_(and_(Friendship.user_low == user_id, User.id == Friendship.user_high),
-                        and_(Friendship.user_high == user_id, User.id == Friendship.user_low)))
+        .join(
+            User,
+            or_(
+                and_(Friendship.user_low == user_id, User.id == Friendship.user_high),
+                and_(Friendship.user_high == user_id, User.id == Friendship.user_low),
+            ),
+        )
         .order_by(User.username_key)
     )
     result: dict[str, list[dict[str, Any]]] = {"friends": [], "incoming": [], "outgoing": []}
@@ -53,8 +58,9 @@ async def listing(tx: AsyncSession, user_id: int) -> dict[str, list[dict[str, An
     return result
 
 
-async def request(tx: AsyncSession, user_id: int, body: dict[str, Any]
-                  ) -> tuple[dict[str, Any], bool, list[Delivery]]:
+async def request(
+    tx: AsyncSession, user_id: int, body: dict[str, Any]
+) -> tuple[dict[str, Any], bool, list[Delivery]]:
     """Ask `username` to be friends, or accept when they already asked.
 
     Returns (result, changed, deliveries); asking again is harmless and changes nothing.
@@ -75,19 +81,44 @@ async def request(tx: AsyncSession, user_id: int, body: dict[str, Any]
         low, high = pair(user_id, other.id)
         tx.add(Friendship(user_low=low, user_high=high, requester_id=user_id, status=PENDING))
         await tx.flush()
-        deliveries = await append(tx, [
-            (other.id, "friend_request", {"user": accounts.public(me), "direction": "incoming"}),
-            (user_id, "friend_request", {"user": accounts.public(other), "direction": "outgoing"}),
-        ])
+        deliveries = await append(
+            tx,
+            [
+                (
+                    other.id,
+                    "friend_request",
+                    {"user": accounts.public(me), "direction": "incoming"},
+                ),
+                (
+                    user_id,
+                    "friend_request",
+                    {"user": accounts.public(other), "direction": "outgoing"},
+                ),
+            ],
+        )
         return {"status": PENDING, "user": accounts.public(other)}, True, deliveries
     row.status = ACCEPTED
     conversation_id = await direct_conversation(tx, user_id, other.id)
-    deliveries = await append(tx, [
-        (other.id, "friend_accepted", {"user": accounts.public(me), "conversation_id": conversation_id}),
-        (user_id, "friend_accepted", {"user": accounts.public(other), "conversation_id": conversation_id}),
-    ])
-    return ({"status": ACCEPTED, "user": accounts.public(other), "conversation_id": conversation_id},
-            True, deliveries)
+    deliveries = await append(
+        tx,
+        [
+            (
+                other.id,
+                "friend_accepted",
+                {"user": accounts.public(me), "conversation_id": conversation_id},
+            ),
+            (
+                user_id,
+                "friend_accepted",
+                {"user": accounts.public(other), "conversation_id": conversation_id},
+            ),
+        ],
+    )
+    return (
+        {"status": ACCEPTED, "user": accounts.public(other), "conversation_id": conversation_id},
+        True,
+        deliveries,
+    )
 
 
 async def remove(tx: AsyncSession, user_id: int, other_id: int) -> list[Delivery]:
@@ -98,24 +129,35 @@ async def remove(tx: AsyncSession, user_id: int, other_id: int) -> list[Delivery
     if row is None or other is None or me is None:
         raise ApiError(404, "not_friends", "There is no friendship or request with that user.")
     low, high = pair(user_id, other_id)
-    await tx.execute(delete(Friendship).where(Friendship.user_low == low, Friendship.user_high == high))
-    return await append(tx, [
-        (other_id, "friend_removed", {"user": accounts.public(me)}),
-        (user_id, "friend_removed", {"user": accounts.public(other)}),
-    ])
+    await tx.execute(
+        delete(Friendship).where(Friendship.user_low == low, Friendship.user_high == high)
+    )
+    return await append(
+        tx,
+        [
+            (other_id, "friend_removed", {"user": accounts.public(me)}),
+            (user_id, "friend_removed", {"user": accounts.public(other)}),
+        ],
+    )
 
 
 async def direct_conversation(tx: AsyncSession, a: int, b: int) -> int:
     """The pair's one direct conversation, created on first need (kept across re-friending)."""
     low, high = pair(a, b)
     key = f"{low}:{high}"
-    found = (await tx.execute(select(Conversation.id).where(Conversation.direct_key == key))).scalar()
+    found = (
+        await tx.execute(select(Conversation.id).where(Conversation.direct_key == key))
+    ).scalar()
     if found is not None:
         return found
     conversation = Conversation(kind="direct", direct_key=key)
     tx.add(conversation)
     await tx.flush()
-    tx.add_all([Member(conversation_id=conversation.id, user_id=low),
-                Member(conversation_id=conversation.id, user_id=high)])
+    tx.add_all(
+        [
+            Member(conversation_id=conversation.id, user_id=low),
+            Member(conversation_id=conversation.id, user_id=high),
+        ]
+    )
     await tx.flush()
     return conversation.id

@@ -31,8 +31,9 @@ def message_json(message: Message, sender: User) -> dict[str, Any]:
     }
 
 
-async def send(tx: AsyncSession, sender_id: int, body: dict[str, Any], max_chars: int
-               ) -> tuple[dict[str, Any], bool, list[Delivery]]:
+async def send(
+    tx: AsyncSession, sender_id: int, body: dict[str, Any], max_chars: int
+) -> tuple[dict[str, Any], bool, list[Delivery]]:
     """Store a message and both people's events; a repeated client_id returns the first."""
     to = field_int(body, "to")
     text = field_str(body, "body")
@@ -47,37 +48,47 @@ async def send(tx: AsyncSession, sender_id: int, body: dict[str, Any], max_chars
     if sender is None:
         raise ApiError(401, "unauthorized", "Log in again.")
     earlier = (
-        await tx.execute(select(Message).where(Message.sender_id == sender_id,
-                                               Message.client_id == client_id))
+        await tx.execute(
+            select(Message).where(Message.sender_id == sender_id, Message.client_id == client_id)
+        )
     ).scalar_one_or_none()
     if earlier is not None:
         return await replay(tx, earlier, sender, to, text), False, []
     if to == sender_id or not await friends.are_friends(tx, sender_id, to):
         raise ApiError(403, "not_friend", "You can only message your friends.")
     conversation_id = await friends.direct_conversation(tx, sender_id, to)
-    message = Message(conversation_id=conversation_id, sender_id=sender_id, client_id=client_id,
-                      body=text)
+    message = Message(
+        conversation_id=conversation_id, sender_id=sender_id, client_id=client_id, body=text
+    )
     tx.add(message)
     await tx.flush()
-    await tx.execute(update(Conversation).where(Conversation.id == conversation_id)
-                     .values(last_message_id=message.id))
+    await tx.execute(
+        update(Conversation)
+        .where(Conversation.id == conversation_id)
+        .values(last_message_id=message.id)
+    )
     # Sending counts as reading everything before it.
-    await tx.execute(update(Member).where(Member.conversation_id == conversation_id,
-                                          Member.user_id == sender_id)
-                     .values(last_read_message_id=message.id))
+    await tx.execute(
+        update(Member)
+        .where(Member.conversation_id == conversation_id, Member.user_id == sender_id)
+        .values(last_read_message_id=message.id)
+    )
     payload = message_json(message, sender)
-    deliveries = await append(tx, [(to, "message", {"message": payload}),
-                                   (sender_id, "message", {"message": payload})])
+    deliveries = await append(
+        tx, [(to, "message", {"message": payload}), (sender_id, "message", {"message": payload})]
+    )
     return payload, True, deliveries
 
 
-async def replay(tx: AsyncSession, earlier: Message, sender: User, to: int, text: str
-                 ) -> dict[str, Any]:
+async def replay(
+    tx: AsyncSession, earlier: Message, sender: User, to: int, text: str
+) -> dict[str, Any]:
     """The answer to a retried send; the same client_id on other content is refused."""
     same_peer = await tx.get(Member, (earlier.conversation_id, to)) is not None
     if earlier.body != text or not same_peer:
-        raise ApiError(409, "client_id_reused",
-                       "This client_id was already used for a different message.")
+        raise ApiError(
+            409, "client_id_reused", "This client_id was already used for a different message."
+        )
     return message_json(earlier, sender)
 
 
@@ -107,45 +118,57 @@ async def conversations(tx: AsyncSession, user_id: int) -> list[dict[str, Any]]:
         if last_message is not None:
             sender = other if last_message.sender_id == other.id else await tx.get(User, user_id)
             last_json = message_json(last_message, sender) if sender else None
-        result.append({
-            "id": conversation.id,
-            "kind": conversation.kind,
-            "with": {"id": other.id, "username": other.username},
-            "last_message": last_json,
-            "unread": unread_count,
-        })
+        result.append(
+            {
+                "id": conversation.id,
+                "kind": conversation.kind,
+                "with": {"id": other.id, "username": other.username},
+                "last_message": last_json,
+                "unread": unread_count,
+            }
+        )
     return result
 
 
-async def history(tx: AsyncSession, user_id: int, conversation_id: int,
-                  before: int | None, limit: int | None) -> dict[str, Any]:
+async def history(
+    tx: AsyncSession, user_id: int, conversation_id: int, before: int | None, limit: int | None
+) -> dict[str, Any]:
     await require_member(tx, user_id, conversation_id)
     page = min(limit or HISTORY_PAGE, HISTORY_MAX)
-    query = (select(Message, User).join(User, User.id == Message.sender_id)
-             .where(Message.conversation_id == conversation_id))
+    query = (
+        select(Message, User)
+        .join(User, User.id == Message.sender_id)
+        .where(Message.conversation_id == conversation_id)
+    )
     if before is not None:
         query = query.where(Message.id < before)
     rows = (await tx.execute(query.order_by(Message.id.desc()).limit(page + 1))).all()
     more = len(rows) > page
     messages = [message_json(m, u) for m, u in reversed(rows[:page])]
-    return {"messages": messages,
-            "before": messages[0]["id"] if more and messages else None}
+    return {"messages": messages, "before": messages[0]["id"] if more and messages else None}
 
 
-async def mark_read(tx: AsyncSession, user_id: int, conversation_id: int,
-                    body: dict[str, Any]) -> tuple[dict[str, Any], list[Delivery]]:
+async def mark_read(
+    tx: AsyncSession, user_id: int, conversation_id: int, body: dict[str, Any]
+) -> tuple[dict[str, Any], list[Delivery]]:
     """Move the read marker forward; the other member gets a durable read receipt."""
     message_id = field_int(body, "message_id")
     member = await require_member(tx, user_id, conversation_id)
-    newest = (await tx.execute(select(func.max(Message.id))
-                               .where(Message.conversation_id == conversation_id))).scalar() or 0
+    newest = (
+        await tx.execute(
+            select(func.max(Message.id)).where(Message.conversation_id == conversation_id)
+        )
+    ).scalar() or 0
     if message_id > newest:
         raise bad_request("That message is not in this conversation.", "invalid_message_id")
     if message_id <= member.last_read_message_id:
         return {"conversation_id": conversation_id, "last_read": member.last_read_message_id}, []
     member.last_read_message_id = message_id
-    members = (await tx.execute(select(Member.user_id)
-                                .where(Member.conversation_id == conversation_id))).scalars().all()
+    members = (
+        (await tx.execute(select(Member.user_id).where(Member.conversation_id == conversation_id)))
+        .scalars()
+        .all()
+    )
     receipt = {"conversation_id": conversation_id, "user_id": user_id, "message_id": message_id}
     deliveries = await append(tx, [(uid, "read", receipt) for uid in members])
     return {"conversation_id": conversation_id, "last_read": message_id}, deliveries

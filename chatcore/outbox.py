@@ -76,7 +76,9 @@ class Publisher:
             rows = (
                 await tx.execute(
                     select(EventRow.user_id, EventRow.seq, EventRow.payload)
-                    .join(Outbox, (Outbox.user_id == EventRow.user_id) & (Outbox.seq == EventRow.seq))
+                    .join(
+                        Outbox, (Outbox.user_id == EventRow.user_id) & (Outbox.seq == EventRow.seq)
+                    )
                     .where(Outbox.created_at <= cutoff)
                     .order_by(EventRow.user_id, EventRow.seq)
                     .limit(SWEEP_BATCH)
@@ -94,13 +96,18 @@ class Publisher:
         while self._published:
             batch, self._published = self._published[:SWEEP_BATCH], self._published[SWEEP_BATCH:]
             async with self._db.transaction() as tx:
-                await tx.execute(delete(Outbox).where(tuple_(Outbox.user_id, Outbox.seq).in_(batch)))
+                await tx.execute(
+                    delete(Outbox).where(tuple_(Outbox.user_id, Outbox.seq).in_(batch))
+                )
 
     async def start(self) -> None:
         # Whatever a previous process committed but never published goes out first.
         while await self.sweep(older_than=timedelta(0)) == SWEEP_BATCH:
             pass
-        self._tasks = [asyncio.create_task(self._forget_loop()), asyncio.create_task(self._sweep_loop())]
+        self._tasks = [
+            asyncio.create_task(self._forget_loop()),
+            asyncio.create_task(self._sweep_loop()),
+        ]
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -108,7 +115,7 @@ class Publisher:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         try:
             await self._forget()
-        except Exception:  # noqa: BLE001 - shutting down; the sweeper re-publishes later
+        except Exception:
             log.warning("outbox: could not clear published rows at shutdown", exc_info=True)
 
     async def _forget_loop(self) -> None:
@@ -119,7 +126,7 @@ class Publisher:
                 await self._forget()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - rows stay; the sweeper republishes them
+            except Exception:
                 log.exception("outbox: could not delete published rows")
                 await asyncio.sleep(SWEEP_INTERVAL)
 
@@ -130,5 +137,5 @@ class Publisher:
                 await self.sweep()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - the next round tries again
+            except Exception:
                 log.exception("outbox: sweep failed")

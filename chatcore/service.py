@@ -40,7 +40,9 @@ class Chat:
         self.sessions = Sessions(redis, keys, settings.session_ttl)
         self.publisher = Publisher(db, redis, keys, settings.buffer_size, settings.buffer_ttl)
 
-    async def _write(self, work: Callable[[AsyncSession], Awaitable[tuple[T, list[Delivery]]]]) -> T:
+    async def _write(
+        self, work: Callable[[AsyncSession], Awaitable[tuple[T, list[Delivery]]]]
+    ) -> T:
         """Run `work` in a transaction, publish its events after commit.
 
         A unique-constraint race (two first sends with one client_id, two people asking
@@ -65,6 +67,7 @@ class Chat:
     async def register(self, body: dict[str, Any]) -> dict[str, Any]:
         async def work(tx: AsyncSession) -> tuple[dict[str, Any], list[Delivery]]:
             return await accounts.register(tx, self.passwords, body), []
+
         return await self._write(work)
 
     async def login(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -72,12 +75,14 @@ class Chat:
             user = await accounts.authenticate(tx, self.passwords, body)
             token = await self.sessions.create(tx, user)
             return {**accounts.public(user), "token": token}, []
+
         return await self._write(work)
 
     async def logout(self, token: str) -> None:
         async def work(tx: AsyncSession) -> tuple[None, list[Delivery]]:
             await self.sessions.revoke(tx, token)
             return None, []
+
         await self._write(work)
 
     async def verify(self, token: str) -> dict[str, Any]:
@@ -86,38 +91,51 @@ class Chat:
     async def friends(self, user_id: int) -> dict[str, Any]:
         return await self._read(lambda tx: friends.listing(tx, user_id))
 
-    async def request_friend(self, user_id: int, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    async def request_friend(
+        self, user_id: int, body: dict[str, Any]
+    ) -> tuple[dict[str, Any], bool]:
         async def work(tx: AsyncSession) -> tuple[tuple[dict[str, Any], bool], list[Delivery]]:
             result, changed, deliveries = await friends.request(tx, user_id, body)
             return (result, changed), deliveries
+
         return await self._write(work)
 
     async def remove_friend(self, user_id: int, other_id: int) -> None:
         async def work(tx: AsyncSession) -> tuple[None, list[Delivery]]:
             return None, await friends.remove(tx, user_id, other_id)
+
         await self._write(work)
 
     async def send(self, user_id: int, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         async def work(tx: AsyncSession) -> tuple[tuple[dict[str, Any], bool], list[Delivery]]:
             message, created, deliveries = await messaging.send(
-                tx, user_id, body, self.settings.max_message_chars)
+                tx, user_id, body, self.settings.max_message_chars
+            )
             return (message, created), deliveries
+
         return await self._write(work)
 
     async def conversations(self, user_id: int) -> list[dict[str, Any]]:
         return await self._read(lambda tx: messaging.conversations(tx, user_id))
 
-    async def history(self, user_id: int, conversation_id: int, before: int | None,
-                      limit: int | None) -> dict[str, Any]:
+    async def history(
+        self, user_id: int, conversation_id: int, before: int | None, limit: int | None
+    ) -> dict[str, Any]:
         return await self._read(
-            lambda tx: messaging.history(tx, user_id, conversation_id, before, limit))
+            lambda tx: messaging.history(tx, user_id, conversation_id, before, limit)
+        )
 
-    async def mark_read(self, user_id: int, conversation_id: int, body: dict[str, Any]) -> dict[str, Any]:
+    async def mark_read(
+        self, user_id: int, conversation_id: int, body: dict[str, Any]
+    ) -> dict[str, Any]:
         async def work(tx: AsyncSession) -> tuple[dict[str, Any], list[Delivery]]:
             return await messaging.mark_read(tx, user_id, conversation_id, body)
+
         return await self._write(work)
 
-    async def events(self, user_id: int, after: int, limit: int = EVENTS_PAGE) -> tuple[list[Event], int]:
+    async def events(
+        self, user_id: int, after: int, limit: int = EVENTS_PAGE
+    ) -> tuple[list[Event], int]:
         return await self._read(lambda tx: eventlog.read_after(tx, user_id, after, limit))
 
     async def ping(self) -> None:

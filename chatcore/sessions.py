@@ -43,8 +43,14 @@ class Sessions:
     async def create(self, tx: AsyncSession, user: User) -> str:
         token = secrets.token_urlsafe(32)
         now = utcnow()
-        tx.add(Session(token_hash=token_hash(token), user_id=user.id, created_at=now,
-                       expires_at=now + timedelta(seconds=self._ttl)))
+        tx.add(
+            Session(
+                token_hash=token_hash(token),
+                user_id=user.id,
+                created_at=now,
+                expires_at=now + timedelta(seconds=self._ttl),
+            )
+        )
         await self._cache(token_hash(token), user.id, user.username, self._ttl)
         return token
 
@@ -59,7 +65,9 @@ class Sessions:
         ).first()
         remaining = (aware(row.expires_at) - utcnow()).total_seconds() if row else 0
         if row is None or remaining <= 0:
-            raise ApiError(401, "unauthorized", "The session is invalid or has expired; log in again.")
+            raise ApiError(
+                401, "unauthorized", "The session is invalid or has expired; log in again."
+            )
         await self._cache(digest, row.id, row.username, int(remaining))
         return {"id": row.id, "username": row.username}
 
@@ -74,8 +82,11 @@ class Sessions:
         if ttl <= 0:
             return
         try:
-            await self._redis.set(self._keys.session(digest),
-                                  json.dumps({"id": user_id, "username": username}), ex=ttl)
+            await self._redis.set(
+                self._keys.session(digest),
+                json.dumps({"id": user_id, "username": username}),
+                ex=ttl,
+            )
         except RedisError as exc:
             # The gateways fall back to asking chatcore; nothing is wrong but speed.
             log.warning("session cache unavailable: %s", exc)

@@ -20,19 +20,28 @@ class Register(GatewayHandler):
 
 class Login(GatewayHandler):
     async def post(self) -> None:
-        _, raw = await self.services.chatcore.request("POST", "/internal/login", body=self.json_body())
+        _, raw = await self.services.chatcore.request(
+            "POST", "/internal/login", body=self.json_body()
+        )
         session = json.loads(raw)
-        self.set_cookie(COOKIE, session["token"], httponly=True, samesite="Lax",
-                        secure=self.request.protocol == "https", path="/",
-                        expires_days=self.services.settings.session_ttl / 86400)
+        self.set_cookie(
+            COOKIE,
+            session["token"],
+            httponly=True,
+            samesite="Lax",
+            secure=self.request.protocol == "https",
+            path="/",
+            expires_days=self.services.settings.session_ttl / 86400,
+        )
         self.finish(raw)
 
 
 class Logout(GatewayHandler):
     async def post(self) -> None:
         await self.current_user_or_401()
-        await self.services.chatcore.request("POST", "/internal/logout",
-                                             body={"token": request_token(self.request)})
+        await self.services.chatcore.request(
+            "POST", "/internal/logout", body={"token": request_token(self.request)}
+        )
         self.clear_cookie(COOKIE, path="/")
         self.send_json({"ok": True})
 
@@ -60,7 +69,9 @@ class Friends(GatewayHandler):
 class Friend(GatewayHandler):
     async def delete(self, other_id: str) -> None:
         user = await self.current_user_or_401()
-        await self.services.chatcore.request("DELETE", f"/internal/users/{user.id}/friends/{other_id}")
+        await self.services.chatcore.request(
+            "DELETE", f"/internal/users/{user.id}/friends/{other_id}"
+        )
         self.set_status(204)
         self.finish()
 
@@ -85,12 +96,18 @@ class History(GatewayHandler):
             value = query_int(self.get_query_argument(name, None), name, low=low, high=high)
             if value is not None:
                 params[name] = value
-        await self.relay("GET", f"/internal/users/{user.id}/conversations/{conversation_id}/messages",
-                         params=params)
+        await self.relay(
+            "GET",
+            f"/internal/users/{user.id}/conversations/{conversation_id}/messages",
+            params=params,
+        )
 
 
 class Read(GatewayHandler):
     async def post(self, conversation_id: str) -> None:
         user = await self.current_user_or_401()
-        await self.relay("POST", f"/internal/users/{user.id}/conversations/{conversation_id}/read",
-                         body=self.json_body())
+        await self.relay(
+            "POST",
+            f"/internal/users/{user.id}/conversations/{conversation_id}/read",
+            body=self.json_body(),
+        )

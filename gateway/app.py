@@ -32,7 +32,6 @@ log = logging.getLogger("longtail.gateway")
 ID = r"(\d{1,18})"
 
 
-
 def subscriber_options() -> dict[str, Any]:
     """The subscriber must surface every connection error to the hub, which then
     re-subscribes and catches up; redis-py's silent retry would hide the gap."""
@@ -70,8 +69,9 @@ def make_app(services: Services) -> tornado.web.Application:
 class Gateway:
     """One gateway process: start() connects and serves, stop() closes everything."""
 
-    def __init__(self, settings: Settings, *, redis: Redis | None = None,
-                 subscriber: Redis | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, redis: Redis | None = None, subscriber: Redis | None = None
+    ) -> None:
         keys = Keys(settings.redis_prefix)
         self.settings = settings
         self.redis = redis or Redis.from_url(settings.redis_url)
@@ -80,8 +80,14 @@ class Gateway:
         self.hub = Hub(self.subscriber, keys, unsubscribe_grace=settings.unsubscribe_grace)
         self.catchup = Catchup(self.redis, keys, self.chatcore)
         self.presence = Presence(self.redis, keys, self.hub)
-        self.services = Services(settings, self.hub, self.catchup, self.chatcore,
-                                 Authenticator(self.redis, keys, self.chatcore), self.presence)
+        self.services = Services(
+            settings,
+            self.hub,
+            self.catchup,
+            self.chatcore,
+            Authenticator(self.redis, keys, self.chatcore),
+            self.presence,
+        )
         self.server: HTTPServer | None = None
         self.port: int | None = None
 
@@ -89,16 +95,25 @@ class Gateway:
         await self.chatcore.start()
         await self.hub.start()
         await self.presence.start()
-        sockets = bind_sockets(self.settings.port if port is None else port,
-                               address=self.settings.host)
+        sockets = bind_sockets(
+            self.settings.port if port is None else port, address=self.settings.host
+        )
         # xheaders: behind nginx/haproxy the client's address and scheme come from
         # X-Forwarded-For / X-Forwarded-Proto (deploy/ sets them).
-        self.server = HTTPServer(make_app(self.services), xheaders=True,
-                                 idle_connection_timeout=3600, max_body_size=DRAIN_LIMIT)
+        self.server = HTTPServer(
+            make_app(self.services),
+            xheaders=True,
+            idle_connection_timeout=3600,
+            max_body_size=DRAIN_LIMIT,
+        )
         self.server.add_sockets(sockets)
         self.port = sockets[0].getsockname()[1]
-        log.info("gateway %s listening on http://%s:%d", self.hub.gateway_id,
-                 self.settings.host, self.port)
+        log.info(
+            "gateway %s listening on http://%s:%d",
+            self.hub.gateway_id,
+            self.settings.host,
+            self.port,
+        )
 
     async def stop(self) -> None:
         self.services.draining = True

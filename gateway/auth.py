@@ -55,6 +55,11 @@ class Authenticator:
         except RedisError as exc:
             log.warning("session cache unavailable, asking chatcore: %s", exc)
             cached = None
-        data = json.loads(cached) if cached else await self._chatcore.call(
-            "POST", "/internal/sessions/verify", body={"token": token})
+        data = (
+            json.loads(cached)
+            if cached
+            else await self._chatcore.call(
+                "POST", "/internal/sessions/verify", body={"token": token}
+            )
+        )
         return User(int(data["id"]), str(data["username"]))

@@ -67,10 +67,10 @@ class GatewayHandler(JsonHandler):
     async def current_user_or_401(self) -> User:
         return await self.services.auth.user(request_token(self.request))
 
-    async def relay(self, method: str, path: str, *, body: Any = None,
-                    params: dict[str, Any] | None = None) -> None:
+    async def relay(
+        self, method: str, path: str, *, body: Any = None, params: dict[str, Any] | None = None
+    ) -> None:
         """Answer with chatcore's status and JSON body, untouched."""
         status, raw = await self.services.chatcore.request(method, path, body=body, params=params)
         self.set_status(status)
         self.finish(raw)
-

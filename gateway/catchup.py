@@ -54,8 +54,9 @@ class Catchup:
     async def _from_buffer(self, user_id: int, cursor: int) -> list[Event] | None:
         """The buffered events after `cursor`, or None when the buffer cannot tell."""
         pipe = self._redis.pipeline(transaction=False)
-        pipe.zrangebyscore(self._keys.buffer(user_id), f"({cursor}", "+inf",
-                           start=0, num=PAGE, withscores=True)
+        pipe.zrangebyscore(
+            self._keys.buffer(user_id), f"({cursor}", "+inf", start=0, num=PAGE, withscores=True
+        )
         pipe.get(self._keys.head(user_id))
         rows, head = await pipe.execute()
         if rows:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from typing import Any
@@ -20,9 +19,12 @@ REQUEST_TIMEOUT = 10.0
 
 
 def unavailable() -> ApiError:
-    return ApiError(503, "chatcore_unavailable",
-                    "The chat service is unavailable; try again in a moment.",
-                    headers={"Retry-After": "1"})
+    return ApiError(
+        503,
+        "chatcore_unavailable",
+        "The chat service is unavailable; try again in a moment.",
+        headers={"Retry-After": "1"},
+    )
 
 
 class ChatcoreClient:
@@ -42,24 +44,27 @@ class ChatcoreClient:
         if self._session is not None:
             await self._session.close()
 
-    async def request(self, method: str, path: str, *, body: Any = None,
-                      params: dict[str, Any] | None = None) -> tuple[int, bytes]:
+    async def request(
+        self, method: str, path: str, *, body: Any = None, params: dict[str, Any] | None = None
+    ) -> tuple[int, bytes]:
         """Status and raw body of a successful call; chatcore's own error re-raised as is."""
         if self._session is None:
             raise RuntimeError("ChatcoreClient.start() was not called")
         try:
-            async with self._session.request(method, self._base + path, json=body,
-                                             params=params) as resp:
+            async with self._session.request(
+                method, self._base + path, json=body, params=params
+            ) as resp:
                 status, raw = resp.status, await resp.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             log.warning("chatcore %s %s failed: %s", method, path, exc or type(exc).__name__)
             raise unavailable() from None
         if status >= 400:
             raise _relayed(status, raw)
         return status, raw
 
-    async def call(self, method: str, path: str, *, body: Any = None,
-                   params: dict[str, Any] | None = None) -> Any:
+    async def call(
+        self, method: str, path: str, *, body: Any = None, params: dict[str, Any] | None = None
+    ) -> Any:
         _, raw = await self.request(method, path, body=body, params=params)
         return json.loads(raw) if raw else None
 

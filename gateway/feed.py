@@ -24,7 +24,7 @@ class Closed(Exception):
 
 
 class Feed:
-    __slots__ = ("user_id", "cursor", "mailbox", "_catchup")
+    __slots__ = ("_catchup", "cursor", "mailbox", "user_id")
 
     def __init__(self, user_id: int, cursor: int, mailbox: Mailbox, catchup: Catchup) -> None:
         self.user_id = user_id

@@ -20,6 +20,7 @@ import random
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
@@ -46,7 +47,7 @@ BACKOFF_MAX = 5.0
 class _Channel:
     """Subscription state of one user's channel on this gateway."""
 
-    __slots__ = ("user_id", "mailboxes", "confirmed", "linger")
+    __slots__ = ("confirmed", "linger", "mailboxes", "user_id")
 
     def __init__(self, user_id: int, loop: asyncio.AbstractEventLoop) -> None:
         self.user_id = user_id
@@ -56,8 +57,15 @@ class _Channel:
 
 
 class Hub:
-    def __init__(self, redis: Redis, keys: Keys, *, unsubscribe_grace: float = 5.0,
-                 gateway_id: str | None = None, ping_interval: float = PING_INTERVAL) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        *,
+        unsubscribe_grace: float = 5.0,
+        gateway_id: str | None = None,
+        ping_interval: float = PING_INTERVAL,
+    ) -> None:
         self._redis = redis
         self._keys = keys
         self._grace = unsubscribe_grace
@@ -181,10 +189,10 @@ class Hub:
         backoff = BACKOFF_MIN
         while True:
             try:
-                await self._connect()
+                pubsub = await self._connect()
                 backoff = BACKOFF_MIN
                 while True:
-                    message = await self._pubsub.get_message(timeout=None)  # type: ignore[union-attr]
+                    message = await pubsub.get_message(timeout=None)
                     if message is not None:
                         self._handle(message)
             except asyncio.CancelledError:
@@ -195,18 +203,19 @@ class Hub:
                 await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
                 backoff = min(backoff * 2, BACKOFF_MAX)
 
-    async def _connect(self) -> None:
+    async def _connect(self) -> PubSub:
         await self._close_pubsub()
         loop = asyncio.get_running_loop()
         for channel in self._channels.values():
             if channel.confirmed.done():
                 channel.confirmed = loop.create_future()
-        self._pubsub = self._redis.pubsub()
-        await self._pubsub.subscribe(self._control, *self._channels)
+        pubsub = self._pubsub = self._redis.pubsub()
+        await pubsub.subscribe(self._control, *self._channels)
         self._connected = True
         self._last_heard = loop.time()
         if self.reconnects or self._channels:
             log.info("redis subscriber connected, %d user channel(s)", len(self._channels))
+        return pubsub
 
     async def _close_pubsub(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
@@ -215,16 +224,17 @@ class Hub:
                 await pubsub.aclose()
             self.reconnects += 1
 
-    def _handle(self, message: dict[str, object]) -> None:
+    def _handle(self, message: dict[str, Any]) -> None:
+        """One message from redis-py: {"type", "channel": bytes, "data": bytes | int}."""
         self._last_heard = asyncio.get_running_loop().time()
         kind = message["type"]
-        name = message["channel"]
+        name: bytes = message["channel"]
         if kind == "message":
-            channel = self._channels.get(name)  # type: ignore[arg-type]
+            channel = self._channels.get(name)
             if channel is None:
                 return  # the control channel's ping, or a channel we just left
             try:
-                event = Event.from_message(message["data"])  # type: ignore[arg-type]
+                event = Event.from_message(message["data"])
             except ValueError:
                 log.error("ignoring a malformed message on %r", name)
                 return
@@ -232,7 +242,7 @@ class Hub:
                 mailbox.deliver(event)
             self.delivered += len(channel.mailboxes)
         elif kind == "subscribe":
-            channel = self._channels.get(name)  # type: ignore[arg-type]
+            channel = self._channels.get(name)
             if channel is not None and not channel.confirmed.done():
                 channel.confirmed.set_result(None)
                 # Anything published before this moment is in storage, not in flight

@@ -13,7 +13,7 @@ from longtail.wire import Event
 
 
 class Mailbox:
-    __slots__ = ("limit", "_events", "_waiter", "stale", "overflowed", "closed")
+    __slots__ = ("_events", "_waiter", "closed", "limit", "overflowed", "stale")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit

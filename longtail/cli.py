@@ -23,8 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     gw = commands.add_parser("gateway", help="run one gateway process")
     gw.add_argument("--port", type=int, help="listen port (default: PORT)")
     dev = commands.add_parser("dev", help="chatcore, two gateways and Redis in one process")
-    dev.add_argument("--port", type=int, default=8080,
-                     help="first gateway's port, the second is the next (default 8080; 0: any free)")
+    dev.add_argument(
+        "--port",
+        type=int,
+        default=8080,
+        help="first gateway's port, the second is the next (default 8080; 0: any free)",
+    )
     commands.add_parser("migrate", help="bring the database schema up to date")
     args = parser.parse_args(argv)
 
@@ -33,8 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"longtail: configuration error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     # Alembic announces each of its plugins at INFO; only its migration lines matter.
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     try:

@@ -25,13 +25,13 @@ def start_embedded_redis(host: str = "127.0.0.1", port: int = 0) -> tuple[str, C
     server = TcpFakeServer((host, port))
     thread = threading.Thread(target=server.serve_forever, name="fakeredis", daemon=True)
     thread.start()
-    bound_host, bound_port = server.server_address[:2]
+    bound_port = server.server_address[1]
 
     def stop() -> None:
         server.shutdown()
         server.server_close()
 
-    return f"redis://{bound_host}:{bound_port}/0", stop
+    return f"redis://{host}:{bound_port}/0", stop
 
 
 async def run_dev(settings: Settings, first_port: int) -> Callable[[], Awaitable[None]]:

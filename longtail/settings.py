@@ -21,22 +21,36 @@ class ConfigError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
 
 
+def _number(raw: str, kind: type[int] | type[float], expected: str) -> float:
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"must be {expected}") from None
+
+
 def _positive_float(raw: str) -> float:
-    value = float(raw)
+    value = _number(raw, float, "a positive number")
     if not value > 0:
         raise ValueError("must be a positive number")
     return value
 
 
 def _positive_int(raw: str) -> int:
-    value = int(raw)
+    value = int(_number(raw, int, "a positive integer"))
     if value <= 0:
         raise ValueError("must be a positive integer")
     return value
 
 
+def _non_negative_float(raw: str) -> float:
+    value = _number(raw, float, "a number of seconds, 0 or more")
+    if value < 0:
+        raise ValueError("must be a number of seconds, 0 or more")
+    return value
+
+
 def _port(raw: str) -> int:
-    value = int(raw)
+    value = int(_number(raw, int, "a TCP port (0-65535)"))
     if not 0 <= value <= 65535:
         raise ValueError("must be a TCP port (0-65535)")
     return value
@@ -141,7 +155,9 @@ class Settings:
 
     @property
     def chatcore_port(self) -> int:
-        return urlsplit(self.chatcore_url).port or (443 if self.chatcore_url.startswith("https") else 80)
+        return urlsplit(self.chatcore_url).port or (
+            443 if self.chatcore_url.startswith("https") else 80
+        )
 
     @property
     def uses_dev_secret(self) -> bool:
@@ -170,7 +186,7 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "buffer_size": ("LONGTAIL_BUFFER_SIZE", _positive_int),
     "buffer_ttl": ("LONGTAIL_BUFFER_TTL", _positive_int),
     "mailbox_size": ("LONGTAIL_MAILBOX_SIZE", _positive_int),
-    "unsubscribe_grace": ("LONGTAIL_UNSUBSCRIBE_GRACE", float),
+    "unsubscribe_grace": ("LONGTAIL_UNSUBSCRIBE_GRACE", _non_negative_float),
     "max_message_chars": ("LONGTAIL_MAX_MESSAGE_CHARS", _positive_int),
     "max_request_bytes": ("LONGTAIL_MAX_REQUEST_BYTES", _positive_int),
     "session_ttl": ("LONGTAIL_SESSION_TTL", _positive_int),

@@ -28,8 +28,9 @@ def field_int(body: dict[str, Any], name: str) -> int:
     return value
 
 
-def query_int(raw: str | None, name: str, *, default: int | None = None,
-              low: int = 0, high: int | None = None) -> int | None:
+def query_int(
+    raw: str | None, name: str, *, default: int | None = None, low: int = 0, high: int | None = None
+) -> int | None:
     """Parse an integer query parameter, or return `default` when it is absent."""
     if raw is None or raw == "":
         return default
@@ -41,4 +42,3 @@ def query_int(raw: str | None, name: str, *, default: int | None = None,
         bound = f"between {low} and {high}" if high is not None else f"at least {low}"
         raise bad_request(f"'{name}' must be {bound}.", f"invalid_{name}")
     return value
-

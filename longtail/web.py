@@ -17,9 +17,18 @@ log = logging.getLogger("longtail.web")
 MAX_JSON_DEPTH = 32
 
 STATUS_CODES = {
-    400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-    405: "method_not_allowed", 409: "conflict", 413: "too_large", 415: "unsupported_media_type",
-    429: "rate_limited", 500: "internal_error", 502: "bad_gateway", 503: "unavailable",
+    400: "invalid_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+    500: "internal_error",
+    502: "bad_gateway",
+    503: "unavailable",
 }
 
 
@@ -64,15 +73,21 @@ class JsonHandler(tornado.web.RequestHandler):
             code = STATUS_CODES.get(status_code, "error")
             payload = {"error": {"code": code, "message": exc.log_message or self._reason}}
         else:
-            payload = {"error": {"code": STATUS_CODES.get(status_code, "error"),
-                                 "message": "Something went wrong on our side."}}
+            payload = {
+                "error": {
+                    "code": STATUS_CODES.get(status_code, "error"),
+                    "message": "Something went wrong on our side.",
+                }
+            }
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.finish(json.dumps(payload, separators=(",", ":")))
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, ApiError):
             # Expected: the client's mistake or a known condition, no traceback.
-            log.info("%s %s -> %d %s", self.request.method, self.request.path, value.status, value.code)
+            log.info(
+                "%s %s -> %d %s", self.request.method, self.request.path, value.status, value.code
+            )
             return
         super().log_exception(typ, value, tb)
 

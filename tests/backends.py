@@ -15,8 +15,16 @@ REAL_REDIS_URL = os.environ.get("LONGTAIL_TEST_REDIS_URL") or None
 _db = os.environ.get("LONGTAIL_TEST_DATABASE_URL")
 REAL_DATABASE_URL = database_url(_db) if _db else None
 
-TABLES = ("outbox", "events", "messages", "conversation_members", "conversations",
-          "friendships", "sessions", "users")
+TABLES = (
+    "outbox",
+    "events",
+    "messages",
+    "conversation_members",
+    "conversations",
+    "friendships",
+    "sessions",
+    "users",
+)
 
 
 def describe() -> str:

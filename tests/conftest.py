@@ -88,8 +88,11 @@ async def redis_factory(redis_prefix: str) -> AsyncIterator[RedisFactory]:
     server = fakeredis.FakeServer()
 
     def make(**kwargs: Any) -> Redis:
-        client = (Redis.from_url(REAL_REDIS_URL, **kwargs) if REAL_REDIS_URL
-                  else fakeredis.FakeAsyncRedis(server=server, **kwargs))
+        client = (
+            Redis.from_url(REAL_REDIS_URL, **kwargs)
+            if REAL_REDIS_URL
+            else fakeredis.FakeAsyncRedis(server=server, **kwargs)
+        )
         made.append(client)
         return client
 
@@ -151,9 +154,12 @@ async def stack(settings: Settings, redis_factory: RedisFactory) -> AsyncIterato
     core = Chatcore(settings, redis=redis_factory())
     await core.start(0)
     gw_settings = settings.with_(chatcore_url=f"http://127.0.0.1:{core.port}")
-    gateways = [Gateway(gw_settings, redis=redis_factory(),
-                        subscriber=redis_factory(**subscriber_options()))
-                for _ in range(2)]
+    gateways = [
+        Gateway(
+            gw_settings, redis=redis_factory(), subscriber=redis_factory(**subscriber_options())
+        )
+        for _ in range(2)
+    ]
     for gateway in gateways:
         await gateway.start(0)
         assert await gateway.hub.wait_healthy(5)
@@ -173,6 +179,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 def new_client(http: aiohttp.ClientSession, stack: Stack) -> Callable[..., Client]:
     def make(gateway: int = 0) -> Client:
         return Client(http, stack.urls[gateway])
+
     return make
 
 

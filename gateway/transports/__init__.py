@@ -19,8 +19,9 @@ def parse_cursor(raw: str | None) -> int | None:
     if raw is None or raw == "":
         return None
     if not raw.isdigit() or len(raw) > 18:
-        raise bad_request(f"The cursor must be a non-negative integer, not {raw[:40]!r}.",
-                          "invalid_cursor")
+        raise bad_request(
+            f"The cursor must be a non-negative integer, not {raw[:40]!r}.", "invalid_cursor"
+        )
     return int(raw)
 
 

@@ -48,6 +48,8 @@ class LongPoll(GatewayHandler):
         except ValueError:
             value = -1.0
         if not 0 <= value <= settings.poll_timeout_max:
-            raise bad_request(f"'timeout' must be a number of seconds from 0 to "
-                              f"{settings.poll_timeout_max:g}.", "invalid_timeout")
+            raise bad_request(
+                f"'timeout' must be a number of seconds from 0 to {settings.poll_timeout_max:g}.",
+                "invalid_timeout",
+            )
         return value

@@ -26,8 +26,9 @@ class EventStream(GatewayHandler):
     async def get(self) -> None:
         user = await self.current_user_or_401()
         services = self.services
-        cursor = parse_cursor(self.request.headers.get("Last-Event-ID")
-                              or self.get_query_argument("cursor", None))
+        cursor = parse_cursor(
+            self.request.headers.get("Last-Event-ID") or self.get_query_argument("cursor", None)
+        )
         if cursor is None:
             cursor = await services.catchup.head(user.id)
         self.feed = feed = new_feed(services, user.id, cursor)
@@ -49,7 +50,7 @@ class EventStream(GatewayHandler):
                     events = await feed.next(services.settings.heartbeat)
             except Closed:
                 pass
-            except (StreamClosedError, asyncio.TimeoutError):
+            except (TimeoutError, StreamClosedError):
                 return
         if not self._finished:
             self.finish()

@@ -39,8 +39,13 @@ class Proc:
 
     def start(self) -> None:
         with self.log.open("ab") as out:
-            self.popen = subprocess.Popen(self.args, env=self.env, stdout=out,
-                                          stderr=subprocess.STDOUT, start_new_session=True)
+            self.popen = subprocess.Popen(
+                self.args,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.popen is not None and self.popen.poll() is None:
@@ -74,14 +79,26 @@ class Cluster:
         exe = longtail_command()
         core_port = free_port()
         cluster.env["CHATCORE_URL"] = f"http://127.0.0.1:{core_port}"
-        cluster.chatcore = Proc("chatcore", [exe, "chatcore"], dict(cluster.env),
-                                workdir / "chatcore.log", cluster.env["CHATCORE_URL"],
-                                "/internal/health")
+        cluster.chatcore = Proc(
+            "chatcore",
+            [exe, "chatcore"],
+            dict(cluster.env),
+            workdir / "chatcore.log",
+            cluster.env["CHATCORE_URL"],
+            "/internal/health",
+        )
         for i in range(gateways):
             port = free_port()
-            cluster.gateways.append(Proc(f"gateway{i + 1}", [exe, "gateway", "--port", str(port)],
-                                         dict(cluster.env), workdir / f"gateway{i + 1}.log",
-                                         f"http://127.0.0.1:{port}", "/readyz"))
+            cluster.gateways.append(
+                Proc(
+                    f"gateway{i + 1}",
+                    [exe, "gateway", "--port", str(port)],
+                    dict(cluster.env),
+                    workdir / f"gateway{i + 1}.log",
+                    f"http://127.0.0.1:{port}",
+                    "/readyz",
+                )
+            )
         return cluster
 
     @property
@@ -109,11 +126,12 @@ class Cluster:
                 if proc.popen is not None and proc.popen.poll() is not None:
                     raise RuntimeError(f"{proc.name} exited:\n{proc.log_tail()}")
                 try:
-                    async with http.get(proc.url + proc.ready_path,
-                                        timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                    async with http.get(
+                        proc.url + proc.ready_path, timeout=aiohttp.ClientTimeout(total=2)
+                    ) as resp:
                         if resp.status == 200:
                             return
-                except (aiohttp.ClientError, asyncio.TimeoutError):
+                except (TimeoutError, aiohttp.ClientError):
                     pass
                 await asyncio.sleep(0.05)
         raise RuntimeError(f"{proc.name} not ready after {deadline}s:\n{proc.log_tail()}")
@@ -124,16 +142,22 @@ class Cluster:
 
 
 def base_env(redis_url: str, database_url: str, prefix: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LONGTAIL_", "REDIS_", "DATABASE_"))}
-    env.update({
-        "REDIS_URL": redis_url,
-        "DATABASE_URL": database_url,
-        "LONGTAIL_SECRET": "e2e-secret",
-        "LONGTAIL_REDIS_PREFIX": prefix,
-        "HOST": "127.0.0.1",
-        "LONGTAIL_ARGON2_TIME_COST": "1",
-        "LONGTAIL_ARGON2_MEMORY_KIB": "64",
-        "LONGTAIL_POLL_TIMEOUT": "5",
-        "LONGTAIL_LOG_LEVEL": "WARNING",
-    })
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("LONGTAIL_", "REDIS_", "DATABASE_"))
+    }
+    env.update(
+        {
+            "REDIS_URL": redis_url,
+            "DATABASE_URL": database_url,
+            "LONGTAIL_SECRET": "e2e-secret",
+            "LONGTAIL_REDIS_PREFIX": prefix,
+            "HOST": "127.0.0.1",
+            "LONGTAIL_ARGON2_TIME_COST": "1",
+            "LONGTAIL_ARGON2_MEMORY_KIB": "64",
+            "LONGTAIL_POLL_TIMEOUT": "5",
+            "LONGTAIL_LOG_LEVEL": "WARNING",
+        }
+    )
     return env

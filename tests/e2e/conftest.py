@@ -32,11 +32,13 @@ def e2e_redis_url() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def e2e_database_url(migrated_database: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     if REAL_DATABASE_URL:
+
         async def empty() -> None:
             db = Database(REAL_DATABASE_URL)
             async with db.engine.begin() as conn:
                 await conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
             await db.close()
+
         asyncio.run(empty())
         return REAL_DATABASE_URL
     target = tmp_path_factory.mktemp("e2e-db") / "longtail.sqlite3"

@@ -14,7 +14,9 @@ CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "nginx.conf"
 
 
 def nginx_binary() -> str:
-    path = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+    path = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None
+    )
     if path is None:
         if os.environ.get("CI"):
             pytest.fail("nginx is not installed; .ci/run installs it from Debian's packages")
@@ -47,9 +49,19 @@ class Nginx:
         return f"http://127.0.0.1:{self.port}"
 
     def args(self, *extra: str) -> list[str]:
-        directives = (f"daemon off; pid {self.workdir}/nginx.pid; "
-                      f"error_log {self.workdir}/error.log warn;")
-        return [self.binary, "-p", str(self.workdir), "-c", str(self.conf), "-g", directives, *extra]
+        directives = (
+            f"daemon off; pid {self.workdir}/nginx.pid; error_log {self.workdir}/error.log warn;"
+        )
+        return [
+            self.binary,
+            "-p",
+            str(self.workdir),
+            "-c",
+            str(self.conf),
+            "-g",
+            directives,
+            *extra,
+        ]
 
     def check(self) -> subprocess.CompletedProcess[str]:
         return subprocess.run(self.args("-t"), capture_output=True, text=True, timeout=30)

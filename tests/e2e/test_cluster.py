@@ -58,8 +58,11 @@ async def test_sse_and_websocket_replay_from_an_old_cursor(pair, cluster, http):
     old = bob.cursor
     for i in range(5):
         await alice.send(bob, f"r{i}", base=cluster.urls[i % 3])
-    async with http.get(cluster.urls[2] + f"/api/events/stream?cursor={old}", headers=bob.headers(),
-                        timeout=aiohttp.ClientTimeout(total=10)) as resp:
+    async with http.get(
+        cluster.urls[2] + f"/api/events/stream?cursor={old}",
+        headers=bob.headers(),
+        timeout=aiohttp.ClientTimeout(total=10),
+    ) as resp:
         got = []
         async for line in resp.content:
             if line.startswith(b"data: "):
@@ -108,12 +111,26 @@ async def test_bad_inputs_get_their_4xx_from_every_gateway(pair, cluster, http):
     cases = [
         (alice, "POST", "/api/messages", b"{oops", 400, "invalid_json"),
         (alice, "POST", "/api/messages", b'{"to": 1}', 400, "missing_field"),
-        (alice, "POST", "/api/messages", b'{"to": [], "body": "x", "client_id": "a"}', 400, "invalid_field"),
+        (
+            alice,
+            "POST",
+            "/api/messages",
+            b'{"to": [], "body": "x", "client_id": "a"}',
+            400,
+            "invalid_field",
+        ),
         (alice, "POST", "/api/messages", b"x" * 100_000, 413, "body_too_large"),
         (alice, "GET", "/api/events?cursor=banana", None, 400, "invalid_cursor"),
         (alice, "GET", "/api/events?cursor=123456789", None, 400, "cursor_ahead"),
         (anonymous, "GET", "/api/events?cursor=0", None, 401, "unauthorized"),
-        (Client(http, cluster.urls[0], token="forged"), "GET", "/api/me", None, 401, "unauthorized"),
+        (
+            Client(http, cluster.urls[0], token="forged"),
+            "GET",
+            "/api/me",
+            None,
+            401,
+            "unauthorized",
+        ),
     ]
     for i, (client, method, path, raw, status, code) in enumerate(cases):
         resp = await client.request(method, path, raw=raw, base=cluster.urls[i % 3], timeout=5)

@@ -20,8 +20,11 @@ pytestmark = pytest.mark.e2e
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("LONGTAIL_", "REDIS_", "DATABASE_", "CHATCORE_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("LONGTAIL_", "REDIS_", "DATABASE_", "CHATCORE_"))
+    }
     env.update({"LONGTAIL_ARGON2_MEMORY_KIB": "64", "LONGTAIL_ARGON2_TIME_COST": "1", **extra})
     return env
 
@@ -30,8 +33,13 @@ async def test_dev_runs_everything_on_embedded_defaults(tmp_path: Path, http):
     log = tmp_path / "dev.log"
     # Run where a user would: a fresh directory, which gets the SQLite file.
     with log.open("ab") as out:
-        popen = subprocess.Popen([longtail_command(), "dev", "--port", "0"], env=clean_env(),
-                                 cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+        popen = subprocess.Popen(
+            [longtail_command(), "dev", "--port", "0"],
+            env=clean_env(),
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         loop = asyncio.get_running_loop()
         end = loop.time() + 30
@@ -59,8 +67,9 @@ async def test_dev_runs_everything_on_embedded_defaults(tmp_path: Path, http):
 def test_migrate_creates_the_schema_and_is_repeatable(tmp_path: Path):
     env = clean_env(DATABASE_URL=f"sqlite:///{tmp_path / 'fresh.sqlite3'}")
     for _ in range(2):
-        result = subprocess.run([longtail_command(), "migrate"], env=env, capture_output=True,
-                                text=True, timeout=60)
+        result = subprocess.run(
+            [longtail_command(), "migrate"], env=env, capture_output=True, text=True, timeout=60
+        )
         assert result.returncode == 0, result.stderr
     with sqlite3.connect(tmp_path / "fresh.sqlite3") as db:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}

@@ -26,8 +26,11 @@ def nginx(cluster: Cluster, e2e_workdir) -> Iterator[Nginx]:
     assert checked.returncode == 0, checked.stderr
     proxy.start()
     assert proxy.popen is not None
-    asyncio.run(cluster.wait_ready(Proc("nginx", [], {}, workdir / "stderr.log", proxy.url,
-                                        "/readyz", proxy.popen)))
+    asyncio.run(
+        cluster.wait_ready(
+            Proc("nginx", [], {}, workdir / "stderr.log", proxy.url, "/readyz", proxy.popen)
+        )
+    )
     yield proxy
     proxy.stop()
 
@@ -70,8 +73,11 @@ async def test_a_held_long_poll_is_completed_through_nginx_at_once(pair):
 
 async def test_sse_is_not_buffered_by_nginx(pair, nginx, http):
     alice, bob = pair
-    async with http.get(nginx.url + f"/api/events/stream?cursor={bob.cursor}", headers=bob.headers(),
-                        timeout=aiohttp.ClientTimeout(total=10)) as resp:
+    async with http.get(
+        nginx.url + f"/api/events/stream?cursor={bob.cursor}",
+        headers=bob.headers(),
+        timeout=aiohttp.ClientTimeout(total=10),
+    ) as resp:
         first = await asyncio.wait_for(resp.content.readline(), 3)
         assert first.startswith(b"retry:"), "the stream's first bytes arrive before any event"
         await alice.send(bob, "live via sse")

@@ -18,14 +18,24 @@ def name(prefix: str) -> str:
 async def test_register_login_me_logout(new_client):
     client: Client = new_client(0)
     username = name("dora")
-    created = await client.request("POST", "/api/register", {"username": username, "password": "s3cret-pass"})
-    assert created.status == 201 and created.body == {"id": created.body["id"], "username": username}
-    login = await client.request("POST", "/api/login", {"username": username.upper(), "password": "s3cret-pass"})
+    created = await client.request(
+        "POST", "/api/register", {"username": username, "password": "s3cret-pass"}
+    )
+    assert created.status == 201 and created.body == {
+        "id": created.body["id"],
+        "username": username,
+    }
+    login = await client.request(
+        "POST", "/api/login", {"username": username.upper(), "password": "s3cret-pass"}
+    )
     assert login.status == 200 and login.body["username"] == username and login.body["token"]
     cookie = login.headers.getall("Set-Cookie")[0]
     assert "longtail_session=" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie
     client.token = login.body["token"]
-    assert (await client.request("GET", "/api/me")).body == {"id": created.body["id"], "username": username}
+    assert (await client.request("GET", "/api/me")).body == {
+        "id": created.body["id"],
+        "username": username,
+    }
 
 
 async def test_logout_revokes_the_token_on_every_gateway(new_client, stack):
@@ -42,7 +52,9 @@ async def test_session_cookie_authenticates(stack):
     # A jar that, like a browser, keeps cookies set by an IP-address host.
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
         anon = Client(browser, stack.urls[0])
-        await anon.request("POST", "/api/register", {"username": username, "password": "password12"})
+        await anon.request(
+            "POST", "/api/register", {"username": username, "password": "password12"}
+        )
         await anon.request("POST", "/api/login", {"username": username, "password": "password12"})
         resp = await anon.request("GET", "/api/me", base=stack.urls[1])
         assert resp.status == 200 and resp.body["username"] == username
@@ -91,12 +103,17 @@ async def test_conversations_unread_history_and_read_receipts(pair):
     assert conv["unread"] == 7 and conv["last_message"]["body"] == "msg 6"
     page = (await bob.request("GET", f"/api/conversations/{conv['id']}/messages?limit=3")).body
     assert [m["body"] for m in page["messages"]] == ["msg 4", "msg 5", "msg 6"]
-    older = (await bob.request(
-        "GET", f"/api/conversations/{conv['id']}/messages?limit=5&before={page['before']}")).body
+    older = (
+        await bob.request(
+            "GET", f"/api/conversations/{conv['id']}/messages?limit=5&before={page['before']}"
+        )
+    ).body
     assert [m["body"] for m in older["messages"]] == ["msg 0", "msg 1", "msg 2", "msg 3"]
     assert older["before"] is None
     last_id = page["messages"][-1]["id"]
-    read = await bob.request("POST", f"/api/conversations/{conv['id']}/read", {"message_id": last_id})
+    read = await bob.request(
+        "POST", f"/api/conversations/{conv['id']}/read", {"message_id": last_id}
+    )
     assert read.status == 200
     assert (await bob.request("GET", "/api/conversations")).body["conversations"][0]["unread"] == 0
     alice.cursor = 0
@@ -117,30 +134,54 @@ BAD_BODIES = [
     pytest.param(b"{not json", "application/json", 400, "invalid_json", id="malformed-json"),
     pytest.param(b"[1, 2]", "application/json", 400, "invalid_json", id="not-an-object"),
     pytest.param(b"\xff\xfe{}", "application/json", 400, "invalid_json", id="invalid-utf8"),
-    pytest.param(b"[" * 5000 + b"]" * 5000, "application/json", 400, "invalid_json", id="deeply-nested"),
+    pytest.param(
+        b"[" * 5000 + b"]" * 5000, "application/json", 400, "invalid_json", id="deeply-nested"
+    ),
     pytest.param(b'{"to": 1}', "text/plain", 415, "unsupported_media_type", id="form-content-type"),
     pytest.param(b"{}", "application/json", 400, "missing_field", id="missing-fields"),
-    pytest.param(b'{"to": "2", "body": "x", "client_id": "a"}', "application/json", 400,
-                 "invalid_field", id="wrong-type-to"),
-    pytest.param(b'{"to": 2, "body": 5, "client_id": "a"}', "application/json", 400,
-                 "invalid_field", id="wrong-type-body"),
-    pytest.param(b'{"to": true, "body": "x", "client_id": "a"}', "application/json", 400,
-                 "invalid_field", id="bool-is-not-an-id"),
-    pytest.param(b'{"to": 2, "body": "   ", "client_id": "a"}', "application/json", 400,
-                 "empty_message", id="blank-body"),
+    pytest.param(
+        b'{"to": "2", "body": "x", "client_id": "a"}',
+        "application/json",
+        400,
+        "invalid_field",
+        id="wrong-type-to",
+    ),
+    pytest.param(
+        b'{"to": 2, "body": 5, "client_id": "a"}',
+        "application/json",
+        400,
+        "invalid_field",
+        id="wrong-type-body",
+    ),
+    pytest.param(
+        b'{"to": true, "body": "x", "client_id": "a"}',
+        "application/json",
+        400,
+        "invalid_field",
+        id="bool-is-not-an-id",
+    ),
+    pytest.param(
+        b'{"to": 2, "body": "   ", "client_id": "a"}',
+        "application/json",
+        400,
+        "empty_message",
+        id="blank-body",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("raw", "content_type", "status", "code"), BAD_BODIES)
 async def test_bad_message_bodies_get_a_clear_4xx(pair, raw, content_type, status, code):
     alice, _ = pair
-    resp = await alice.request("POST", "/api/messages", raw=raw, headers={"Content-Type": content_type})
+    resp = await alice.request(
+        "POST", "/api/messages", raw=raw, headers={"Content-Type": content_type}
+    )
     assert resp.status == status, resp
     assert resp.error_code == code and resp.body["error"]["message"]
 
 
 async def test_oversized_body_is_413_before_it_is_read(pair):
-    alice, bob = pair
+    alice, _bob = pair
     resp = await alice.request("POST", "/api/messages", raw=b"x" * 2_000_000)
     assert resp.status == 413 and resp.error_code == "body_too_large"
 
@@ -156,19 +197,24 @@ async def test_message_to_a_stranger_is_403(pair, new_client):
     stranger = await new_client(1).signup(name("stranger"))
     resp = await alice.send(stranger, "hello?")
     assert resp.status == 403 and resp.error_code == "not_friend"
-    resp = await alice.request("POST", "/api/messages", {"to": 99999999, "body": "x", "client_id": "z"})
+    resp = await alice.request(
+        "POST", "/api/messages", {"to": 99999999, "body": "x", "client_id": "z"}
+    )
     assert resp.status == 403
 
 
-@pytest.mark.parametrize(("query", "code"), [
-    ("cursor=abc", "invalid_cursor"),
-    ("cursor=-1", "invalid_cursor"),
-    ("cursor=1.5", "invalid_cursor"),
-    ("cursor=99999", "cursor_ahead"),
-    ("cursor=0&timeout=soon", "invalid_timeout"),
-    ("cursor=0&timeout=-1", "invalid_timeout"),
-    ("cursor=0&timeout=100000", "invalid_timeout"),
-])
+@pytest.mark.parametrize(
+    ("query", "code"),
+    [
+        ("cursor=abc", "invalid_cursor"),
+        ("cursor=-1", "invalid_cursor"),
+        ("cursor=1.5", "invalid_cursor"),
+        ("cursor=99999", "cursor_ahead"),
+        ("cursor=0&timeout=soon", "invalid_timeout"),
+        ("cursor=0&timeout=-1", "invalid_timeout"),
+        ("cursor=0&timeout=100000", "invalid_timeout"),
+    ],
+)
 async def test_bad_cursor_or_timeout_is_400_not_a_hang(pair, query, code):
     _, bob = pair
     resp = await bob.request("GET", f"/api/events?{query}", timeout=5)
@@ -181,8 +227,17 @@ async def test_future_cursor_on_sse_is_400_before_streaming(pair):
     assert resp.status == 400 and resp.error_code == "cursor_ahead"
 
 
-@pytest.mark.parametrize("path", ["/api/me", "/api/friends", "/api/conversations",
-                                  "/api/events?cursor=0", "/api/events/stream", "/api/events/ws"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/me",
+        "/api/friends",
+        "/api/conversations",
+        "/api/events?cursor=0",
+        "/api/events/stream",
+        "/api/events/ws",
+    ],
+)
 async def test_no_or_bad_credentials_are_401(http, stack, path):
     for token in (None, "not-a-real-token"):
         client = Client(http, stack.urls[0], token=token)
@@ -190,13 +245,16 @@ async def test_no_or_bad_credentials_are_401(http, stack, path):
         assert resp.status == 401 and resp.error_code == "unauthorized", (path, token, resp)
 
 
-@pytest.mark.parametrize(("body", "status", "code"), [
-    ({"username": "ab", "password": "long enough"}, 400, "invalid_username"),
-    ({"username": "has space", "password": "long enough"}, 400, "invalid_username"),
-    ({"username": "shortpw", "password": "short"}, 400, "weak_password"),
-    ({"username": "x" * 100, "password": "long enough"}, 400, "invalid_field"),
-    ({"password": "long enough"}, 400, "missing_field"),
-])
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"username": "ab", "password": "long enough"}, 400, "invalid_username"),
+        ({"username": "has space", "password": "long enough"}, 400, "invalid_username"),
+        ({"username": "shortpw", "password": "short"}, 400, "weak_password"),
+        ({"username": "x" * 100, "password": "long enough"}, 400, "invalid_field"),
+        ({"password": "long enough"}, 400, "missing_field"),
+    ],
+)
 async def test_register_rejects_bad_accounts(new_client, body, status, code):
     resp = await new_client(0).request("POST", "/api/register", body)
     assert resp.status == status and resp.error_code == code
@@ -205,16 +263,26 @@ async def test_register_rejects_bad_accounts(new_client, body, status, code):
 async def test_register_taken_username_is_409_case_insensitively(new_client):
     username = name("Taken")
     client = new_client(0)
-    assert (await client.request("POST", "/api/register", {"username": username, "password": "password1"})).status == 201
-    resp = await client.request("POST", "/api/register", {"username": username.lower(), "password": "password1"})
+    assert (
+        await client.request(
+            "POST", "/api/register", {"username": username, "password": "password1"}
+        )
+    ).status == 201
+    resp = await client.request(
+        "POST", "/api/register", {"username": username.lower(), "password": "password1"}
+    )
     assert resp.status == 409 and resp.error_code == "username_taken"
 
 
 async def test_wrong_password_is_401(new_client):
     client = await new_client(0).signup(name("frank"))
-    resp = await client.request("POST", "/api/login", {"username": client.username, "password": "wrong password"})
+    resp = await client.request(
+        "POST", "/api/login", {"username": client.username, "password": "wrong password"}
+    )
     assert resp.status == 401 and resp.error_code == "invalid_credentials"
-    resp = await client.request("POST", "/api/login", {"username": "nobody-here", "password": "wrong password"})
+    resp = await client.request(
+        "POST", "/api/login", {"username": "nobody-here", "password": "wrong password"}
+    )
     assert resp.status == 401 and resp.error_code == "invalid_credentials"
 
 

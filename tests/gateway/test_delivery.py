@@ -37,7 +37,7 @@ async def test_hundred_messages_alternating_gateways_arrive_once_in_order(pair, 
 
 
 async def test_interval_poll_with_timeout_zero_answers_at_once(pair):
-    alice, bob = pair
+    _alice, bob = pair
     loop = asyncio.get_running_loop()
     started = loop.time()
     resp = await bob.request("GET", f"/api/events?cursor={bob.cursor}&timeout=0")
@@ -64,11 +64,14 @@ async def test_sender_other_tabs_get_their_own_message(pair, stack):
     assert messages(events) == ["from tab one"]
 
 
-async def read_sse(http: aiohttp.ClientSession, url: str, headers: dict[str, str], count: int,
-                   deadline: float = 10) -> list[tuple[int, dict]]:
+async def read_sse(
+    http: aiohttp.ClientSession, url: str, headers: dict[str, str], count: int, deadline: float = 10
+) -> list[tuple[int, dict]]:
     """Read `count` events from an SSE stream: (id, data) pairs."""
     out: list[tuple[int, dict]] = []
-    async with http.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=deadline)) as resp:
+    async with http.get(
+        url, headers=headers, timeout=aiohttp.ClientTimeout(total=deadline)
+    ) as resp:
         assert resp.status == 200, await resp.text()
         assert resp.headers["Content-Type"].startswith("text/event-stream")
         assert resp.headers["X-Accel-Buffering"] == "no"
@@ -89,16 +92,18 @@ async def test_sse_replays_from_old_cursor_then_streams_live(pair, stack, http):
     alice, bob = pair
     for i in range(3):
         await alice.send(bob, f"old{i}")
-    reader = asyncio.create_task(read_sse(http, stack.urls[0] + "/api/events/stream?cursor=2",
-                                          bob.headers(), count=4))
+    reader = asyncio.create_task(
+        read_sse(http, stack.urls[0] + "/api/events/stream?cursor=2", bob.headers(), count=4)
+    )
     await asyncio.sleep(0.3)
     await alice.send(bob, "live", base=stack.urls[1])
     got = await reader
     assert [i for i, _ in got] == [3, 4, 5, 6]
     assert [d["message"]["body"] for _, d in got] == ["old0", "old1", "old2", "live"]
     # Last-Event-ID resumes exactly after the last event seen, on the other gateway.
-    resumed = await read_sse(http, stack.urls[1] + "/api/events/stream",
-                             {**bob.headers(), "Last-Event-ID": "4"}, count=2)
+    resumed = await read_sse(
+        http, stack.urls[1] + "/api/events/stream", {**bob.headers(), "Last-Event-ID": "4"}, count=2
+    )
     assert [i for i, _ in resumed] == [5, 6]
 
 
@@ -119,7 +124,9 @@ async def test_websocket_from_another_site_is_refused(pair, stack, http):
     _, bob = pair
     url = stack.urls[0].replace("http", "ws") + "/api/events/ws?cursor=0"
     try:
-        async with http.ws_connect(url, headers={**bob.headers(), "Origin": "https://evil.example"}):
+        async with http.ws_connect(
+            url, headers={**bob.headers(), "Origin": "https://evil.example"}
+        ):
             raise AssertionError("a cross-site WebSocket must not open")
     except aiohttp.WSServerHandshakeError as exc:
         assert exc.status == 403

@@ -36,16 +36,19 @@ async def buffer(redis, keys, seqs, head=None):
         await redis.set(keys.head(1), head)
 
 
-@pytest.mark.parametrize(("buffered", "head", "cursor", "expect", "chatcore_reads"), [
-    ([5, 6, 7], 7, 4, [5, 6, 7], 0),   # the buffer covers the cursor: served from Redis
-    ([5, 6, 7], 7, 6, [7], 0),
-    ([5, 6, 7], 7, 7, [], 0),          # up to date
-    ([5, 6, 7], 7, 2, [3, 4, 5, 6, 7], 1),  # older than the buffer: chatcore
-    ([], None, 0, [1, 2, 3, 4, 5, 6, 7], 1),  # Redis lost everything: chatcore
-    ([], 7, 7, [], 0),                 # buffer expired, head kept: still up to date
-    ([], 7, 5, [6, 7], 1),             # buffer expired, behind the head: chatcore
-    ([5, 7], 7, 4, [5], 0),            # a gap in the buffer: only the run before it
-])
+@pytest.mark.parametrize(
+    ("buffered", "head", "cursor", "expect", "chatcore_reads"),
+    [
+        ([5, 6, 7], 7, 4, [5, 6, 7], 0),  # the buffer covers the cursor: served from Redis
+        ([5, 6, 7], 7, 6, [7], 0),
+        ([5, 6, 7], 7, 7, [], 0),  # up to date
+        ([5, 6, 7], 7, 2, [3, 4, 5, 6, 7], 1),  # older than the buffer: chatcore
+        ([], None, 0, [1, 2, 3, 4, 5, 6, 7], 1),  # Redis lost everything: chatcore
+        ([], 7, 7, [], 0),  # buffer expired, head kept: still up to date
+        ([], 7, 5, [6, 7], 1),  # buffer expired, behind the head: chatcore
+        ([5, 7], 7, 4, [5], 0),  # a gap in the buffer: only the run before it
+    ],
+)
 async def test_catchup_source(redis_factory, keys, buffered, head, cursor, expect, chatcore_reads):
     redis = redis_factory()
     await buffer(redis, keys, buffered, head)

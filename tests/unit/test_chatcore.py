@@ -47,8 +47,13 @@ async def test_concurrent_sends_give_each_user_gap_free_seqs(chat):
         for j in range(i + 1, 3):
             await friends(chat, ids[i], ids[j], names[i], names[j])
     # Everyone writes to everyone at once: the worst case for lock ordering.
-    sends = [chat.send(ids[i], {"to": ids[j], "body": f"{i}->{j} #{k}", "client_id": f"{i}-{j}-{k}"})
-             for k in range(15) for i in range(3) for j in range(3) if i != j]
+    sends = [
+        chat.send(ids[i], {"to": ids[j], "body": f"{i}->{j} #{k}", "client_id": f"{i}-{j}-{k}"})
+        for k in range(15)
+        for i in range(3)
+        for j in range(3)
+        if i != j
+    ]
     await asyncio.gather(*sends)
     for uid in ids:
         events, head = await chat.events(uid, 0)
@@ -61,8 +66,9 @@ async def test_concurrent_sends_give_each_user_gap_free_seqs(chat):
 async def test_concurrent_retries_of_one_send_store_one_message(chat):
     a, b = await user(chat, "ra_user"), await user(chat, "rb_user")
     await friends(chat, a, b, "ra_user", "rb_user")
-    results = await asyncio.gather(*[
-        chat.send(a, {"to": b, "body": "once", "client_id": "same"}) for _ in range(8)])
+    results = await asyncio.gather(
+        *[chat.send(a, {"to": b, "body": "once", "client_id": "same"}) for _ in range(8)]
+    )
     assert len({m["id"] for m, _ in results}) == 1
     assert sum(created for _, created in results) == 1
     events, _ = await chat.events(b, 2)
@@ -77,14 +83,15 @@ async def test_published_events_leave_the_outbox(chat):
 
 
 async def test_events_committed_while_redis_is_down_are_published_by_the_sweep(
-        settings, redis_factory):
+    settings, redis_factory
+):
     """The crash-between-commit-and-publish case: the outbox rows outlive the failure."""
     db = Database(settings.database_url)
     dead_redis = Redis(host="127.0.0.1", port=1, **redis_options())
     broken = Chat(settings, db, dead_redis)
     a, b = await user(broken, "oa_user"), await user(broken, "ob_user")
     await friends(broken, a, b, "oa_user", "ob_user")
-    message, created = await broken.send(a, {"to": b, "body": "survives", "client_id": "x"})
+    _message, created = await broken.send(a, {"to": b, "body": "survives", "client_id": "x"})
     assert created, "the send itself succeeds: it is committed"
     assert await outbox_rows(broken) == 6
     await dead_redis.aclose()

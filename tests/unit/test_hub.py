@@ -36,7 +36,9 @@ async def test_events_reach_every_mailbox_of_their_user_only(hub, redis_factory,
         assert other.take() == []
 
 
-async def test_channel_is_subscribed_once_and_dropped_after_the_last_leaves(hub, redis_factory, redis_prefix):
+async def test_channel_is_subscribed_once_and_dropped_after_the_last_leaves(
+    hub, redis_factory, redis_prefix
+):
     keys, observer = Keys(redis_prefix), redis_factory()
     async with hub.listen(5, Mailbox(10)):
         assert await subscribers(observer, keys, 5) == 1
@@ -49,7 +51,9 @@ async def test_channel_is_subscribed_once_and_dropped_after_the_last_leaves(hub,
     assert hub.local_users() == []
 
 
-async def test_a_returning_listener_within_the_grace_keeps_the_subscription(hub, redis_factory, redis_prefix):
+async def test_a_returning_listener_within_the_grace_keeps_the_subscription(
+    hub, redis_factory, redis_prefix
+):
     keys, publisher = Keys(redis_prefix), redis_factory()
     async with hub.listen(9, Mailbox(10)):
         pass
@@ -61,7 +65,9 @@ async def test_a_returning_listener_within_the_grace_keeps_the_subscription(hub,
         await eventually(lambda: box._events)
 
 
-async def test_a_malformed_message_is_ignored_and_the_reader_goes_on(hub, redis_factory, redis_prefix):
+async def test_a_malformed_message_is_ignored_and_the_reader_goes_on(
+    hub, redis_factory, redis_prefix
+):
     keys, publisher = Keys(redis_prefix), redis_factory()
     box = Mailbox(10)
     async with hub.listen(3, box):

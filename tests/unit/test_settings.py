@@ -23,22 +23,34 @@ def test_every_setting_has_an_environment_variable():
 
 
 def test_reads_and_normalises_the_environment():
-    settings = Settings.from_env({
-        "DATABASE_URL": "postgresql://u@db:5432/chat", "PORT": "9000",
-        "LONGTAIL_ALLOWED_ORIGINS": "https://a.example/, https://b.example",
-        "LONGTAIL_POLL_TIMEOUT": "10",
-    })
+    settings = Settings.from_env(
+        {
+            "DATABASE_URL": "postgresql://u@db:5432/chat",
+            "PORT": "9000",
+            "LONGTAIL_ALLOWED_ORIGINS": "https://a.example/, https://b.example",
+            "LONGTAIL_POLL_TIMEOUT": "10",
+        }
+    )
     assert settings.database_url == "postgresql+asyncpg://u@db:5432/chat"
     assert settings.port == 9000 and settings.poll_timeout == 10.0
     assert settings.allowed_origins == ("https://a.example", "https://b.example")
 
 
-@pytest.mark.parametrize(("var", "value"), [
-    ("PORT", "eighty"), ("PORT", "70000"), ("REDIS_URL", "http://x"),
-    ("DATABASE_URL", "mysql://x"), ("CHATCORE_URL", "localhost:8700"),
-    ("LONGTAIL_POLL_TIMEOUT", "-1"), ("LONGTAIL_HEARTBEAT", "0"),
-    ("LONGTAIL_MAILBOX_SIZE", "1.5"), ("LONGTAIL_LOG_LEVEL", "LOUD"),
-])
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("PORT", "eighty"),
+        ("PORT", "70000"),
+        ("REDIS_URL", "http://x"),
+        ("DATABASE_URL", "mysql://x"),
+        ("CHATCORE_URL", "localhost:8700"),
+        ("LONGTAIL_POLL_TIMEOUT", "-1"),
+        ("LONGTAIL_HEARTBEAT", "0"),
+        ("LONGTAIL_MAILBOX_SIZE", "1.5"),
+        ("LONGTAIL_LOG_LEVEL", "LOUD"),
+        ("LONGTAIL_UNSUBSCRIBE_GRACE", "-2"),
+    ],
+)
 def test_a_bad_value_names_its_variable(var, value):
     with pytest.raises(ConfigError, match=var):
         Settings.from_env({var: value})
@@ -57,7 +69,13 @@ def test_dev_secret_is_refused_off_loopback():
 
 
 def test_cli_stops_with_a_one_line_message():
-    result = subprocess.run([sys.executable, "-m", "longtail.cli", "gateway"],
-                            env={"PORT": "nope", "PATH": ""}, capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-m", "longtail.cli", "gateway"],
+        env={"PORT": "nope", "PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 2
-    assert result.stderr.strip() == "longtail: configuration error: PORT='nope': invalid literal for int() with base 10: 'nope'"
+    expected = "longtail: configuration error: PORT='nope': must be a TCP port (0-65535)"
+    assert result.stderr.strip() == expected
