@@ -49,7 +49,7 @@ class Logout(GatewayHandler):
 class Me(GatewayHandler):
     async def get(self) -> None:
         user = await self.current_user_or_401()
-        self.send_json({"id": user.id, "username": user.username})
+        await self.respond(json.dumps({"id": user.id, "username": user.username}).encode())
 
 
 class Friends(GatewayHandler):
@@ -59,7 +59,7 @@ class Friends(GatewayHandler):
         online = await self.services.presence.online([f["id"] for f in listing["friends"]])
         for friend in listing["friends"]:
             friend["online"] = friend["id"] in online
-        self.send_json(listing)
+        await self.respond(json.dumps(listing, ensure_ascii=False).encode())
 
     async def post(self) -> None:
         user = await self.current_user_or_401()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import tornado.web
@@ -20,9 +21,13 @@ from gateway.chatcore_client import ChatcoreClient
 from gateway.health import Healthz, Readyz
 from gateway.hub import Hub
 from gateway.presence import Presence
+from gateway.transports.iframe import ForeverIframe
+from gateway.transports.jsonp import JsonpPoll
 from gateway.transports.longpoll import LongPoll
+from gateway.transports.multipart import MultipartStream
 from gateway.transports.sse import EventStream
 from gateway.transports.websocket import EventSocket
+from gateway.transports.xhr import XhrStream
 from longtail.settings import Settings
 from longtail.web import NotFoundHandler
 from longtail.wire import Keys
@@ -30,6 +35,15 @@ from longtail.wire import Keys
 log = logging.getLogger("longtail.gateway")
 
 ID = r"(\d{1,18})"
+STATIC = str(Path(__file__).with_name("static"))
+
+
+class StaticFiles(tornado.web.StaticFileHandler):
+    """The browser client and pages; revalidated on each load (they change with deploys)."""
+
+    def set_extra_headers(self, path: str) -> None:
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Content-Type-Options", "nosniff")
 
 
 def subscriber_options() -> dict[str, Any]:
@@ -53,12 +67,20 @@ def make_app(services: Services) -> tornado.web.Application:
         (r"/api/events", LongPoll),
         (r"/api/events/stream", EventStream),
         (r"/api/events/ws", EventSocket),
+        (r"/api/events/jsonp", JsonpPoll),
+        (r"/api/events/iframe", ForeverIframe),
+        (r"/api/events/multipart", MultipartStream),
+        (r"/api/events/xhr", XhrStream),
         (r"/healthz", Healthz),
         (r"/readyz", Readyz),
     ]
     heartbeat = services.settings.heartbeat
+    static: list[Any] = [
+        (r"/(longtail\.js)", StaticFiles, {"path": STATIC}),
+        (r"/()", StaticFiles, {"path": STATIC, "default_filename": "index.html"}),
+    ]
     return tornado.web.Application(
-        [(path, handler, {"services": services}) for path, handler in routes],
+        [(path, handler, {"services": services}) for path, handler in routes] + static,
         default_handler_class=NotFoundHandler,
         websocket_ping_interval=heartbeat,
         websocket_ping_timeout=2 * heartbeat,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +11,7 @@ import tornado.web
 from gateway.auth import Authenticator, User, request_token
 from gateway.catchup import Catchup
 from gateway.chatcore_client import ChatcoreClient
+from gateway.cursors import events_json, parse_cursor
 from gateway.hub import Hub
 from gateway.presence import Presence
 from longtail.errors import ApiError
@@ -30,6 +32,9 @@ class Services:
     draining: bool = False
 
 
+# Piggyback: a client that sends its cursor here gets its missed events with any answer.
+PIGGYBACK_HEADER = "X-Longtail-Cursor"
+
 # Bodies up to this size are read (and discarded past max_request_bytes) so the client
 # gets its 413; a client that stops reading its response while still uploading (most
 # do) would otherwise see only a connection reset. Larger ones are cut off by Tornado.
@@ -41,6 +46,10 @@ class GatewayHandler(JsonHandler):
     """Bodies are streamed and kept only up to the limit, so a huge one costs no memory."""
 
     services: Services
+    # Script-tag and iframe transports cannot send headers: they may pass ?token=.
+    query_token = False
+    _user: User | None = None
+    _piggyback: int | None = None
 
     def initialize(self, services: Services) -> None:
         self.services = services
@@ -65,12 +74,33 @@ class GatewayHandler(JsonHandler):
         return super().json_body()
 
     async def current_user_or_401(self) -> User:
-        return await self.services.auth.user(request_token(self.request))
+        token = request_token(self.request)
+        if token is None and self.query_token:
+            token = self.get_query_argument("token", None)
+        user = await self.services.auth.user(token)
+        # Checked before the request does anything, so a bad header changes nothing.
+        self._piggyback = parse_cursor(self.request.headers.get(PIGGYBACK_HEADER))
+        self._user = user
+        return user
 
     async def relay(
         self, method: str, path: str, *, body: Any = None, params: dict[str, Any] | None = None
     ) -> None:
-        """Answer with chatcore's status and JSON body, untouched."""
+        """Answer with chatcore's status and JSON body (plus any piggybacked events)."""
         status, raw = await self.services.chatcore.request(method, path, body=body, params=params)
+        await self.respond(raw, status)
+
+    async def respond(self, raw: bytes, status: int = 200) -> None:
+        """Finish with a JSON object body; a client that sent its cursor in
+        X-Longtail-Cursor also gets the events it has missed, under "piggyback"."""
+        if self._piggyback is not None and self._user is not None and raw.startswith(b"{"):
+            try:
+                events = await self.services.catchup.after(self._user.id, self._piggyback)
+                cursor = events[-1].seq if events else self._piggyback
+                extra = events_json(events, cursor)
+            except ApiError as exc:
+                extra = json.dumps(exc.body()).encode()
+            rest = raw[1:].lstrip()
+            raw = b'{"piggyback":%s%s%s' % (extra, b"" if rest.startswith(b"}") else b",", rest)
         self.set_status(status)
         self.finish(raw)

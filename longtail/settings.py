@@ -108,6 +108,9 @@ class Settings:
     poll_timeout_max: float = 55.0
     # Home routers and proxies close connections idle for 30-60 s; 15 s keeps streams alive.
     heartbeat: float = 15.0
+    # A stream is closed cleanly after this long (jittered) and the client resumes from
+    # its cursor: bounds per-connection state and lets a load balancer rebalance.
+    stream_max_age: float = 600.0
     # Hot buffer of recent events per user in Redis, so catch-up rarely reaches chatcore.
     buffer_size: int = 256
     buffer_ttl: int = 3600
@@ -183,6 +186,7 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "poll_timeout": ("LONGTAIL_POLL_TIMEOUT", _positive_float),
     "poll_timeout_max": ("LONGTAIL_POLL_TIMEOUT_MAX", _positive_float),
     "heartbeat": ("LONGTAIL_HEARTBEAT", _positive_float),
+    "stream_max_age": ("LONGTAIL_STREAM_MAX_AGE", _positive_float),
     "buffer_size": ("LONGTAIL_BUFFER_SIZE", _positive_int),
     "buffer_ttl": ("LONGTAIL_BUFFER_TTL", _positive_int),
     "mailbox_size": ("LONGTAIL_MAILBOX_SIZE", _positive_int),

@@ -7,22 +7,32 @@ with no events at the timeout. Without a cursor: the current cursor, at once.
 from __future__ import annotations
 
 from gateway.base import GatewayHandler
+from gateway.cursors import events_json, parse_cursor
 from gateway.feed import Closed, Feed
-from gateway.transports import events_json, new_feed, parse_cursor
+from gateway.transports import new_feed
 from longtail.errors import bad_request
+from longtail.wire import Event
 
 
 class LongPoll(GatewayHandler):
     feed: Feed | None = None
 
     async def get(self) -> None:
+        result = await self.poll()
+        if result is not None:
+            self.finish(self.body_for(*result))
+
+    def body_for(self, events: list[Event], cursor: int) -> bytes:
+        return events_json(events, cursor)
+
+    async def poll(self) -> tuple[list[Event], int] | None:
+        """The events to answer with and the new cursor; None when the client is gone."""
         user = await self.current_user_or_401()
         cursor = parse_cursor(self.get_query_argument("cursor", None))
         timeout = self._timeout()
         services = self.services
         if cursor is None:
-            self.finish(events_json([], await services.catchup.head(user.id)))
-            return
+            return [], await services.catchup.head(user.id)
         self.feed = feed = new_feed(services, user.id, cursor)
         await services.presence.touch(user.id)
         async with services.hub.listen(user.id, feed.mailbox):
@@ -30,9 +40,9 @@ class LongPoll(GatewayHandler):
                 events = await feed.next(timeout)
             except Closed as closed:
                 if closed.reason == "gone":
-                    return
+                    return None
                 events = []  # draining: answer now, the client polls another gateway
-        self.finish(events_json(events, feed.cursor))
+        return events, feed.cursor
 
     def on_connection_close(self) -> None:
         if self.feed is not None:

@@ -1,60 +1,29 @@
 """Server-Sent Events: GET /api/events/stream, resumed by Last-Event-ID or ?cursor=.
 
-Each event is `id: <seq>` + `data: <event JSON>`; a comment line every heartbeat keeps
-proxies and home routers (which drop connections idle for 30-60 s) from cutting us off.
+Events are `id: <seq>` + `data: <event JSON>` (the default `message` type); control
+messages are named events (`ready`, `heartbeat`, `close`) so that a page can see the
+heartbeat (EventSource hides comments) and `onmessage` sees events only.
 """
 
 from __future__ import annotations
 
-import asyncio
+from typing import Any
 
-from tornado.iostream import StreamClosedError
-
-from gateway.base import GatewayHandler
-from gateway.feed import Closed, Feed
-from gateway.transports import new_feed, parse_cursor
-
-# EventSource's reconnect delay (ms) when the stream ends.
-RETRY_MS = 1000
-# A client that has not taken a write in this long is stuck; drop it, it resumes later.
-WRITE_TIMEOUT = 30.0
+from gateway.transports.stream import RETRY_MS, StreamTransport, control_json
+from longtail.wire import Event
 
 
-class EventStream(GatewayHandler):
-    feed: Feed | None = None
+class EventStream(StreamTransport):
+    content_type = "text/event-stream; charset=utf-8"
 
-    async def get(self) -> None:
-        user = await self.current_user_or_401()
-        services = self.services
-        cursor = parse_cursor(
-            self.request.headers.get("Last-Event-ID") or self.get_query_argument("cursor", None)
-        )
-        if cursor is None:
-            cursor = await services.catchup.head(user.id)
-        self.feed = feed = new_feed(services, user.id, cursor)
-        await services.presence.touch(user.id)
-        async with services.hub.listen(user.id, feed.mailbox):
-            # The first read happens before the headers go out, so a bad cursor is
-            # still an ordinary JSON 400.
-            events = await feed.next(0)
-            self.set_header("Content-Type", "text/event-stream; charset=utf-8")
-            self.set_header("X-Accel-Buffering", "no")
-            self.write(b"retry: %d\n: stream open\n\n" % RETRY_MS)
-            try:
-                while True:
-                    for event in events:
-                        self.write(b"id: %d\ndata: %s\n\n" % (event.seq, event.data))
-                    if not events:
-                        self.write(b": heartbeat\n\n")
-                    await asyncio.wait_for(self.flush(), WRITE_TIMEOUT)
-                    events = await feed.next(services.settings.heartbeat)
-            except Closed:
-                pass
-            except (TimeoutError, StreamClosedError):
-                return
-        if not self._finished:
-            self.finish()
+    def cursor_argument(self) -> str | None:
+        return self.request.headers.get("Last-Event-ID") or self.get_query_argument("cursor", None)
 
-    def on_connection_close(self) -> None:
-        if self.feed is not None:
-            self.feed.mailbox.close("gone")
+    def prelude(self, cursor: int) -> bytes:
+        return b"retry: %d\n" % RETRY_MS + self.control("ready", cursor=cursor)
+
+    def frame(self, event: Event) -> bytes:
+        return b"id: %d\ndata: %s\n\n" % (event.seq, event.data)
+
+    def control(self, kind: str, **fields: Any) -> bytes:
+        return b"event: %s\ndata: %s\n\n" % (kind.encode(), control_json(kind, **fields))

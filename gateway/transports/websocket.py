@@ -3,6 +3,7 @@
 Authentication and the cursor's form are checked before the upgrade (plain JSON 4xx).
 A cursor that turns out to be ahead of the user's events closes the socket with code
 4400 and the error code as reason. Origins: same-origin, or LONGTAIL_ALLOWED_ORIGINS.
+Control frames (`ready`, `heartbeat`, `close`) are JSON objects without a `seq`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from contextlib import suppress
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,15 +19,23 @@ from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from gateway.auth import User, request_token
 from gateway.base import Services
+from gateway.cursors import parse_cursor
 from gateway.feed import Closed, Feed
-from gateway.transports import new_feed, parse_cursor
+from gateway.transports import new_feed
+from gateway.transports.stream import RETRY_MS, control_json
+from gateway.transports.timing import jittered, next_wait
 from longtail.errors import ApiError
 
 log = logging.getLogger("longtail.gateway.ws")
 
-CLOSE_GOING_AWAY = 1001
-CLOSE_TRY_AGAIN = 1013
+CLOSE_NORMAL = 1000
 CLOSE_BAD_REQUEST = 4400
+# Why the server ended a healthy socket; in every case the client resumes by cursor.
+CLOSE_CODES = {
+    "max_age": CLOSE_NORMAL,
+    "draining": 1012,  # service restart: come back (to another gateway)
+    "slow_consumer": 1013,  # try again later
+}
 
 
 class EventSocket(WebSocketHandler):
@@ -58,25 +68,44 @@ class EventSocket(WebSocketHandler):
 
     async def _pump(self) -> None:
         services = self.services
+        settings = services.settings
         cursor = self.cursor
         if cursor is None:
             cursor = await services.catchup.head(self.user.id)
         self.feed = feed = new_feed(services, self.user.id, cursor)
         await services.presence.touch(self.user.id)
+        loop = asyncio.get_running_loop()
         try:
             async with services.hub.listen(self.user.id, feed.mailbox):
+                events = await feed.next(0)
+                await self.write_message(control_json("ready", cursor=cursor))
+                end = loop.time() + jittered(settings.stream_max_age)
                 while True:
-                    # Keep-alive is Tornado's ping (websocket_ping_interval); this wait
-                    # only bounds how long we sleep between looks.
-                    for event in await feed.next(services.settings.heartbeat):
+                    for event in events:
                         await self.write_message(event.data)
+                    wait = next_wait(settings.heartbeat, end - loop.time())
+                    if wait <= 0:
+                        break
+                    events = await feed.next(wait)
+                    if not events:
+                        # Tornado's pings keep the TCP path alive but pages cannot see
+                        # them; this frame lets the client know the stream is alive.
+                        await self.write_message(control_json("heartbeat"))
+            reason = "max_age"
         except ApiError as exc:
             self.close(CLOSE_BAD_REQUEST, exc.code)
+            return
         except Closed as closed:
-            if closed.reason != "gone":
-                self.close(CLOSE_TRY_AGAIN, closed.reason)
+            if closed.reason == "gone":
+                return
+            reason = closed.reason
         except WebSocketClosedError:
-            pass
+            return
+        with suppress(WebSocketClosedError):
+            await self.write_message(
+                control_json("close", reason=reason, cursor=feed.cursor, retry_ms=RETRY_MS)
+            )
+        self.close(CLOSE_CODES.get(reason, CLOSE_NORMAL), reason)
 
     def on_message(self, message: str | bytes) -> None:
         """Clients send nothing on this socket; commands go through the REST API."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import uuid
 
@@ -12,6 +11,7 @@ import pytest
 
 from tests.client import Client, messages
 from tests.e2e.cluster import Cluster
+from tests.streams import count, read_stream, read_ws
 
 pytestmark = pytest.mark.e2e
 
@@ -58,22 +58,13 @@ async def test_sse_and_websocket_replay_from_an_old_cursor(pair, cluster, http):
     old = bob.cursor
     for i in range(5):
         await alice.send(bob, f"r{i}", base=cluster.urls[i % 3])
-    async with http.get(
-        cluster.urls[2] + f"/api/events/stream?cursor={old}",
-        headers=bob.headers(),
-        timeout=aiohttp.ClientTimeout(total=10),
-    ) as resp:
-        got = []
-        async for line in resp.content:
-            if line.startswith(b"data: "):
-                got.append(json.loads(line[6:]))
-                if len(got) == 5:
-                    break
-    assert messages(got) == [f"r{i}" for i in range(5)]
+    url = cluster.urls[2] + f"/api/events/stream?cursor={old}"
+    got = await read_stream(http, url, bob.headers(), "sse", count(5))
+    assert messages(got.events) == [f"r{i}" for i in range(5)]
     ws_url = cluster.urls[1].replace("http", "ws") + f"/api/events/ws?cursor={old + 2}"
     async with http.ws_connect(ws_url, headers={**bob.headers(), "Origin": cluster.urls[1]}) as ws:
-        frames = [json.loads((await ws.receive(timeout=5)).data) for _ in range(3)]
-    assert messages(frames) == ["r2", "r3", "r4"]
+        frames = await read_ws(ws, count(3))
+    assert messages(frames.events) == ["r2", "r3", "r4"]
 
 
 async def test_gateway_killed_while_user_waits_user_resumes_elsewhere_nothing_lost(pair, cluster):

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections.abc import Iterator
 
-import aiohttp
 import pytest
 
 from tests.client import Client, messages
 from tests.e2e.cluster import Cluster, Proc, free_port
 from tests.e2e.nginx import Nginx
+from tests.streams import count, read_stream, read_ws
 
 pytestmark = pytest.mark.e2e
 
@@ -73,28 +72,23 @@ async def test_a_held_long_poll_is_completed_through_nginx_at_once(pair):
 
 async def test_sse_is_not_buffered_by_nginx(pair, nginx, http):
     alice, bob = pair
-    async with http.get(
-        nginx.url + f"/api/events/stream?cursor={bob.cursor}",
-        headers=bob.headers(),
-        timeout=aiohttp.ClientTimeout(total=10),
-    ) as resp:
-        first = await asyncio.wait_for(resp.content.readline(), 3)
-        assert first.startswith(b"retry:"), "the stream's first bytes arrive before any event"
-        await alice.send(bob, "live via sse")
-        async for line in resp.content:
-            if line.startswith(b"data: "):
-                assert json.loads(line[6:])["message"]["body"] == "live via sse"
-                break
+    url = nginx.url + f"/api/events/stream?cursor={bob.cursor}"
+    ready = await read_stream(http, url, bob.headers(), "sse", lambda got: bool(got.controls))
+    assert ready.kinds() == ["ready"], "the stream's first bytes arrive before any event"
+    reader = asyncio.create_task(read_stream(http, url, bob.headers(), "sse", count(1)))
+    await asyncio.sleep(0.3)
+    await alice.send(bob, "live via sse")
+    assert messages((await asyncio.wait_for(reader, 5)).events) == ["live via sse"]
 
 
 async def test_websocket_upgrade_passes_through(pair, nginx, http):
     alice, bob = pair
     url = nginx.url.replace("http", "ws") + f"/api/events/ws?cursor={bob.cursor}"
     async with http.ws_connect(url, headers={**bob.headers(), "Origin": nginx.url}) as ws:
-        await asyncio.sleep(0.2)
+        assert (await read_ws(ws, lambda got: bool(got.controls))).kinds() == ["ready"]
         await alice.send(bob, "live via ws")
-        frame = json.loads((await ws.receive(timeout=5)).data)
-    assert frame["message"]["body"] == "live via ws"
+        got = await read_ws(ws, count(1))
+    assert messages(got.events) == ["live via ws"]
 
 
 async def test_chatcores_internal_api_is_not_exposed(http, nginx):

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
 
 import aiohttp
 
 from tests.client import Client, messages
+from tests.streams import count, read_stream, read_ws
 
 
 async def test_waiting_long_poll_on_other_gateway_completes_when_message_sent(pair):
@@ -64,47 +64,29 @@ async def test_sender_other_tabs_get_their_own_message(pair, stack):
     assert messages(events) == ["from tab one"]
 
 
-async def read_sse(
-    http: aiohttp.ClientSession, url: str, headers: dict[str, str], count: int, deadline: float = 10
-) -> list[tuple[int, dict]]:
-    """Read `count` events from an SSE stream: (id, data) pairs."""
-    out: list[tuple[int, dict]] = []
-    async with http.get(
-        url, headers=headers, timeout=aiohttp.ClientTimeout(total=deadline)
-    ) as resp:
-        assert resp.status == 200, await resp.text()
-        assert resp.headers["Content-Type"].startswith("text/event-stream")
-        assert resp.headers["X-Accel-Buffering"] == "no"
-        assert resp.headers["Cache-Control"] == "no-store"
-        event_id = None
-        async for raw in resp.content:
-            line = raw.decode().rstrip("\n")
-            if line.startswith("id: "):
-                event_id = int(line[4:])
-            elif line.startswith("data: "):
-                out.append((event_id, json.loads(line[6:])))
-                if len(out) == count:
-                    break
-    return out
-
-
 async def test_sse_replays_from_old_cursor_then_streams_live(pair, stack, http):
     alice, bob = pair
     for i in range(3):
         await alice.send(bob, f"old{i}")
-    reader = asyncio.create_task(
-        read_sse(http, stack.urls[0] + "/api/events/stream?cursor=2", bob.headers(), count=4)
-    )
+    url = stack.urls[0] + "/api/events/stream?cursor=2"
+    reader = asyncio.create_task(read_stream(http, url, bob.headers(), "sse", count(4)))
     await asyncio.sleep(0.3)
     await alice.send(bob, "live", base=stack.urls[1])
     got = await reader
-    assert [i for i, _ in got] == [3, 4, 5, 6]
-    assert [d["message"]["body"] for _, d in got] == ["old0", "old1", "old2", "live"]
+    assert got.headers["Content-Type"].startswith("text/event-stream")
+    assert got.headers["X-Accel-Buffering"] == "no"
+    assert got.headers["Cache-Control"] == "no-store"
+    assert got.ids == [3, 4, 5, 6] and got.kinds()[0] == "ready"
+    assert messages(got.events) == ["old0", "old1", "old2", "live"]
     # Last-Event-ID resumes exactly after the last event seen, on the other gateway.
-    resumed = await read_sse(
-        http, stack.urls[1] + "/api/events/stream", {**bob.headers(), "Last-Event-ID": "4"}, count=2
+    resumed = await read_stream(
+        http,
+        stack.urls[1] + "/api/events/stream",
+        {**bob.headers(), "Last-Event-ID": "4"},
+        "sse",
+        count(2),
     )
-    assert [i for i, _ in resumed] == [5, 6]
+    assert resumed.ids == [5, 6]
 
 
 async def test_websocket_replays_from_old_cursor_then_streams_live(pair, stack, http):
@@ -113,11 +95,13 @@ async def test_websocket_replays_from_old_cursor_then_streams_live(pair, stack, 
         await alice.send(bob, f"old{i}")
     url = stack.urls[1].replace("http", "ws") + "/api/events/ws?cursor=2"
     async with http.ws_connect(url, headers={**bob.headers(), "Origin": stack.urls[1]}) as ws:
-        got = [json.loads((await ws.receive(timeout=5)).data) for _ in range(3)]
+        got = await read_ws(ws, count(3))
+        assert got.controls == [{"type": "ready", "cursor": 2}]
         await alice.send(bob, "live", base=stack.urls[0])
-        got.append(json.loads((await ws.receive(timeout=5)).data))
-    assert [e["seq"] for e in got] == [3, 4, 5, 6]
-    assert messages(got) == ["old0", "old1", "old2", "live"]
+        got = await read_ws(ws, count(1))
+        live = got.events
+    assert [e["seq"] for e in live] == [6]
+    assert messages(live) == ["live"]
 
 
 async def test_websocket_from_another_site_is_refused(pair, stack, http):

@@ -1,0 +1,95 @@
+"""What every HTTP streaming transport shares: one response that stays open.
+
+The stream: check the cursor (a bad one is still a plain JSON 4xx), send the headers and
+a prelude (`ready` with the cursor), then events as they come, a heartbeat when nothing
+came for a (jittered) heartbeat interval, and a clean `close` at the (jittered) maximum
+lifetime, on drain, or for a slow consumer. The client resumes from its cursor.
+Subclasses only frame bytes: `prelude`, `frame`, `control`, `epilogue`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from tornado.iostream import StreamClosedError
+
+from gateway.base import GatewayHandler
+from gateway.cursors import parse_cursor
+from gateway.feed import Closed, Feed
+from gateway.transports import new_feed
+from gateway.transports.timing import jittered, next_wait
+from longtail.wire import Event
+
+# A client that has not taken a write in this long is stuck: drop it, it resumes later.
+WRITE_TIMEOUT = 30.0
+# How soon a client should come back after a clean close.
+RETRY_MS = 1000
+
+
+def control_json(kind: str, **fields: Any) -> bytes:
+    """A control message: like an event but without a seq (never counted, never stored)."""
+    return json.dumps({"type": kind, **fields}, separators=(",", ":")).encode()
+
+
+class StreamTransport(GatewayHandler):
+    content_type = "application/octet-stream"
+    feed: Feed | None = None
+
+    def cursor_argument(self) -> str | None:
+        return self.get_query_argument("cursor", None)
+
+    def prelude(self, cursor: int) -> bytes:
+        return self.control("ready", cursor=cursor)
+
+    def frame(self, event: Event) -> bytes:
+        raise NotImplementedError
+
+    def control(self, kind: str, **fields: Any) -> bytes:
+        raise NotImplementedError
+
+    def epilogue(self) -> bytes:
+        return b""
+
+    async def get(self) -> None:
+        user = await self.current_user_or_401()
+        services = self.services
+        cursor = parse_cursor(self.cursor_argument())
+        if cursor is None:
+            cursor = await services.catchup.head(user.id)
+        self.feed = feed = new_feed(services, user.id, cursor)
+        await services.presence.touch(user.id)
+        settings = services.settings
+        loop = asyncio.get_running_loop()
+        async with services.hub.listen(user.id, feed.mailbox):
+            events = await feed.next(0)  # before the headers: a bad cursor is a JSON 400
+            self.set_header("Content-Type", self.content_type)
+            self.set_header("X-Accel-Buffering", "no")
+            self.write(self.prelude(cursor))
+            end = loop.time() + jittered(settings.stream_max_age)
+            reason = "max_age"
+            try:
+                while True:
+                    for event in events:
+                        self.write(self.frame(event))
+                    await asyncio.wait_for(self.flush(), WRITE_TIMEOUT)
+                    wait = next_wait(settings.heartbeat, end - loop.time())
+                    if wait <= 0:
+                        break
+                    events = await feed.next(wait)
+                    if not events:
+                        self.write(self.control("heartbeat"))
+            except Closed as closed:
+                if closed.reason == "gone":
+                    return
+                reason = closed.reason
+            except (TimeoutError, StreamClosedError):
+                return
+        self.write(self.control("close", reason=reason, cursor=feed.cursor, retry_ms=RETRY_MS))
+        self.write(self.epilogue())
+        self.finish()
+
+    def on_connection_close(self) -> None:
+        if self.feed is not None:
+            self.feed.mailbox.close("gone")
