@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from redis.asyncio import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from tornado.httpserver import HTTPServer
+from tornado.log import access_log
 from tornado.netutil import bind_sockets
 
 from gateway import api
@@ -36,6 +38,27 @@ log = logging.getLogger("longtail.gateway")
 
 ID = r"(\d{1,18})"
 STATIC = str(Path(__file__).with_name("static"))
+
+
+TOKEN_PARAM = re.compile(r"([?&]token=)[^&]*")
+
+
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """Tornado's access log line, minus session tokens passed in URLs (script/iframe)."""
+    status = handler.get_status()
+    log_method = access_log.info if status < 400 else access_log.warning
+    if status >= 500:
+        log_method = access_log.error
+    request = handler.request
+    uri = TOKEN_PARAM.sub(r"\1[redacted]", request.uri or "")
+    log_method(
+        "%d %s %s (%s) %.2fms",
+        status,
+        request.method,
+        uri,
+        request.remote_ip,
+        1000.0 * request.request_time(),
+    )
 
 
 class StaticFiles(tornado.web.StaticFileHandler):
@@ -82,6 +105,7 @@ def make_app(services: Services) -> tornado.web.Application:
     return tornado.web.Application(
         [(path, handler, {"services": services}) for path, handler in routes] + static,
         default_handler_class=NotFoundHandler,
+        log_function=log_request,
         websocket_ping_interval=heartbeat,
         websocket_ping_timeout=2 * heartbeat,
         websocket_max_message_size=services.settings.max_request_bytes,
