@@ -1,0 +1,104 @@
+"""longtail.js in a real Chromium against real gateway processes, every transport."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from tests.buffering_proxy import BufferingProxy
+from tests.client import Client, messages
+from tests.e2e.browser import CHROMIUM_ARGS, BrowserUser, chromium_path
+from tests.e2e.cluster import Cluster
+
+pytestmark = pytest.mark.e2e
+
+HOSTILE = "</script><script>alert(1)</script><img src=x onerror=alert(2)> \"q\" 'q' \\\n\u2028 é 👋"
+PASSWORD = "browser-password"
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    from playwright.async_api import async_playwright
+
+    executable = chromium_path()
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield chromium
+        await chromium.close()
+
+
+@pytest.fixture
+async def people(http, cluster: Cluster) -> tuple[Client, Client]:
+    alice = await Client(http, cluster.urls[0]).signup(f"alice{uuid.uuid4().hex[:6]}", PASSWORD)
+    bob = await Client(http, cluster.urls[1]).signup(f"bob{uuid.uuid4().hex[:6]}", PASSWORD)
+    await alice.befriend(bob)
+    return alice, bob
+
+
+async def browser_user(browser: Any, origin: str, client: Client) -> BrowserUser:
+    context = await browser.new_context()
+    return await BrowserUser(await context.new_page()).open(origin, client.username, PASSWORD)
+
+
+@pytest.mark.parametrize(
+    "transport", ["websocket", "sse", "xhr", "multipart", "longpoll", "jsonp", "iframe"]
+)
+async def test_each_transport_delivers_in_the_browser_and_resumes_on_another_gateway(
+    transport, browser, people, cluster
+):
+    alice, bob = people
+    page = await browser_user(browser, cluster.urls[1], bob)
+    assert await page.start(transport=transport, firstByteTimeout=10000) == transport
+    bodies = ["first", HOSTILE, "third"]
+    for body in bodies:
+        assert (await alice.send(bob, body, base=cluster.urls[0])).status == 201
+    got = await page.wait_messages(3)
+    assert messages(got) == bodies
+    seqs = [e["seq"] for e in got]
+    assert seqs == sorted(set(seqs)), "no duplicates, in order"
+    assert not await page.value("window.pwned") and page.dialogs == []
+    cursor = got[-2]["seq"]  # pretend the last one never arrived
+    await page.value("window.lt.stop()")
+
+    # The same user in a page on another gateway, resuming from that cursor.
+    elsewhere = await browser_user(browser, cluster.urls[2], bob)
+    await elsewhere.start(transport=transport, cursor=cursor, firstByteTimeout=10000)
+    await alice.send(bob, "after resume", base=cluster.urls[1])
+    resumed = await elsewhere.wait_messages(2)
+    assert messages(resumed) == ["third", "after resume"]
+    assert not await elsewhere.value("window.pwned") and elsewhere.dialogs == []
+
+
+async def test_auto_mode_picks_websocket_and_send_is_delivered_once(browser, people, cluster):
+    alice, bob = people
+    page = await browser_user(browser, cluster.urls[0], bob)
+    assert await page.start() == "websocket"
+    message = await page.value(f"window.lt.send({alice.user_id}, 'from the browser')")
+    assert message["body"] == "from the browser"
+    own = await page.wait_messages(1)  # the sender's own event reaches their other tabs
+    assert messages(own) == ["from the browser"]
+    alice.cursor = 0
+    assert messages(await alice.poll_until(3)) == ["from the browser"]
+
+
+async def test_behind_a_buffering_proxy_the_client_falls_back_to_long_polling(
+    browser, people, cluster
+):
+    alice, bob = people
+    proxy = await BufferingProxy(cluster.urls[0]).start()
+    try:
+        page = await browser_user(browser, proxy.url, bob)
+        await page.start(firstByteTimeout=1500)
+        await page.page.wait_for_function(
+            "window.statuses.some(s => s.state === 'open' && s.transport === 'longpoll')",
+            timeout=20000,
+        )
+        steps = await page.value("window.fallbacks.map(f => f.from)")
+        assert steps == ["websocket", "sse", "xhr"]
+        await alice.send(bob, "through the proxy")
+        assert messages(await page.wait_messages(1)) == ["through the proxy"]
+    finally:
+        await proxy.stop()
