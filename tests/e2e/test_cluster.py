@@ -145,3 +145,27 @@ async def test_chatcore_restart_loses_nothing(pair, cluster):
     assert (await alice.send(bob, "while down", client_id="down-1")).status == 200
     events = await bob.poll_until(2, bases=cluster.urls)
     assert messages(events) == ["before", "while down"]
+
+
+async def test_interval_polling_and_piggyback_across_gateways(pair, cluster):
+    alice, bob = pair
+    for i in range(4):
+        await alice.send(bob, f"ip{i}", base=cluster.urls[i % 3])
+    # Interval polling: timeout=0 answers at once, each poll on the next gateway.
+    got = []
+    for url in cluster.urls:
+        resp = await bob.request(
+            "GET", f"/api/events?cursor={bob.cursor}&timeout=0", base=url, timeout=2
+        )
+        got += resp.body["events"][:1]
+        bob.cursor = got[-1]["seq"] if got else bob.cursor
+    assert messages(got) == ["ip0", "ip1", "ip2"]
+    # Piggyback: the last one rides on an ordinary API answer from yet another gateway.
+    resp = await bob.request(
+        "GET",
+        "/api/conversations",
+        base=cluster.urls[0],
+        headers={"X-Longtail-Cursor": str(bob.cursor)},
+    )
+    assert messages(resp.body["piggyback"]["events"]) == ["ip3"]
+    assert resp.body["conversations"][0]["last_message"]["body"] == "ip3"
