@@ -13,6 +13,7 @@ import tornado.web
 
 from chatcore.service import EVENTS_PAGE, Chat
 from longtail.errors import ApiError
+from longtail.logs import REQUEST_ID_HEADER, begin_request
 from longtail.validate import field_str, query_int
 from longtail.web import JsonHandler, NotFoundHandler
 
@@ -24,6 +25,7 @@ class InternalHandler(JsonHandler):
         self.chat = chat
 
     def prepare(self) -> None:
+        begin_request(self.request.headers.get(REQUEST_ID_HEADER))
         expected = f"Bearer {self.chat.settings.secret}".encode()
         given = self.request.headers.get("Authorization", "").encode()
         if not hmac.compare_digest(given, expected):

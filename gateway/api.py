@@ -10,6 +10,7 @@ import json
 
 from gateway.auth import COOKIE, request_token
 from gateway.base import GatewayHandler
+from longtail.errors import ApiError
 from longtail.validate import query_int
 
 
@@ -79,7 +80,13 @@ class Friend(GatewayHandler):
 class Messages(GatewayHandler):
     async def post(self) -> None:
         user = await self.current_user_or_401()
-        await self.relay("POST", f"/internal/users/{user.id}/messages", body=self.json_body())
+        sends = self.services.metrics.sends
+        try:
+            await self.relay("POST", f"/internal/users/{user.id}/messages", body=self.json_body())
+        except ApiError as exc:
+            sends.labels(exc.code).inc()
+            raise
+        sends.labels("created" if self.get_status() == 201 else "duplicate").inc()
 
 
 class Conversations(GatewayHandler):

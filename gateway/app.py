@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +22,9 @@ from gateway.auth import Authenticator
 from gateway.base import DRAIN_LIMIT, Services
 from gateway.catchup import Catchup
 from gateway.chatcore_client import ChatcoreClient
-from gateway.health import Healthz, Readyz
+from gateway.health import Healthz, Metrics, Readyz
 from gateway.hub import Hub
+from gateway.metrics import GatewayMetrics
 from gateway.presence import Presence
 from gateway.transports.iframe import ForeverIframe
 from gateway.transports.jsonp import JsonpPoll
@@ -96,6 +99,7 @@ def make_app(services: Services) -> tornado.web.Application:
         (r"/api/events/xhr", XhrStream),
         (r"/healthz", Healthz),
         (r"/readyz", Readyz),
+        (r"/metrics", Metrics),
     ]
     heartbeat = services.settings.heartbeat
     static: list[Any] = [
@@ -107,25 +111,27 @@ def make_app(services: Services) -> tornado.web.Application:
         default_handler_class=NotFoundHandler,
         log_function=log_request,
         websocket_ping_interval=heartbeat,
-        websocket_ping_timeout=2 * heartbeat,
+        websocket_ping_timeout=heartbeat,  # Tornado requires timeout <= interval
         websocket_max_message_size=services.settings.max_request_bytes,
     )
 
 
 class Gateway:
-    """One gateway process: start() connects and serves, stop() closes everything."""
+    """One gateway process: start() connects and serves, stop() drains and closes."""
 
     def __init__(
         self, settings: Settings, *, redis: Redis | None = None, subscriber: Redis | None = None
     ) -> None:
         keys = Keys(settings.redis_prefix)
         self.settings = settings
+        self.metrics = GatewayMetrics()
         self.redis = redis or Redis.from_url(settings.redis_url)
         self.subscriber = subscriber or Redis.from_url(settings.redis_url, **subscriber_options())
-        self.chatcore = ChatcoreClient(settings.chatcore_url, settings.secret)
+        self.chatcore = ChatcoreClient(settings.chatcore_url, settings.secret, self.metrics)
         self.hub = Hub(self.subscriber, keys, unsubscribe_grace=settings.unsubscribe_grace)
         self.catchup = Catchup(self.redis, keys, self.chatcore)
         self.presence = Presence(self.redis, keys, self.hub)
+        self.metrics.watch(self.hub, self.catchup)
         self.services = Services(
             settings,
             self.hub,
@@ -133,6 +139,7 @@ class Gateway:
             self.chatcore,
             Authenticator(self.redis, keys, self.chatcore),
             self.presence,
+            self.metrics,
         )
         self.server: HTTPServer | None = None
         self.port: int | None = None
@@ -162,12 +169,29 @@ class Gateway:
         )
 
     async def stop(self) -> None:
+        """Drain, then close: what SIGTERM does.
+
+        Readiness turns false at once and no connection is accepted; every held request
+        is told to end now (long-polls answer with their cursor, streams close with a
+        jittered retry hint, WebSockets with 1012), so clients resume on other gateways.
+        Whatever is still open after LONGTAIL_DRAIN_SECONDS is cut.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.drain_seconds
         self.services.draining = True
         if self.server is not None:
             self.server.stop()
+        held = self.hub.connection_count()
         self.hub.close_all("draining")
+        while self.hub.connection_count() and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        left = self.hub.connection_count()
+        log.info("drained %d held connection(s), %d cut", held - left, left)
         if self.server is not None:
-            await self.server.close_all_connections()
+            with suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self.server.close_all_connections(), max(0.1, deadline - loop.time())
+                )
         await self.presence.stop()
         await self.hub.stop()
         await self.chatcore.close()

@@ -13,8 +13,10 @@ from gateway.catchup import Catchup
 from gateway.chatcore_client import ChatcoreClient
 from gateway.cursors import events_json, parse_cursor
 from gateway.hub import Hub
+from gateway.metrics import GatewayMetrics
 from gateway.presence import Presence
 from longtail.errors import ApiError
+from longtail.logs import REQUEST_ID_HEADER, begin_request
 from longtail.settings import Settings
 from longtail.web import JsonHandler
 
@@ -29,6 +31,7 @@ class Services:
     chatcore: ChatcoreClient
     auth: Authenticator
     presence: Presence
+    metrics: GatewayMetrics
     draining: bool = False
 
 
@@ -55,6 +58,11 @@ class GatewayHandler(JsonHandler):
         self.services = services
         self._chunks: list[bytes] = []
         self._size = 0
+
+    def prepare(self) -> None:
+        self.set_header(
+            REQUEST_ID_HEADER, begin_request(self.request.headers.get(REQUEST_ID_HEADER))
+        )
 
     def data_received(self, chunk: bytes) -> None:
         self._size += len(chunk)

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+import re
+import time
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 from longtail.errors import ApiError
+from longtail.logs import request_headers
 from longtail.wire import Event
+
+if TYPE_CHECKING:
+    from gateway.metrics import GatewayMetrics
+
+# Metric labels name the route, not the user: ids are folded.
+ROUTE_IDS = re.compile(r"/\d+")
 
 log = logging.getLogger("longtail.gateway.chatcore")
 
@@ -28,9 +37,10 @@ def unavailable() -> ApiError:
 
 
 class ChatcoreClient:
-    def __init__(self, base_url: str, secret: str) -> None:
+    def __init__(self, base_url: str, secret: str, metrics: GatewayMetrics | None = None) -> None:
         self._base = base_url.rstrip("/")
         self._secret = secret
+        self._metrics = metrics
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -50,17 +60,28 @@ class ChatcoreClient:
         """Status and raw body of a successful call; chatcore's own error re-raised as is."""
         if self._session is None:
             raise RuntimeError("ChatcoreClient.start() was not called")
+        route = f"{method} {ROUTE_IDS.sub('/{id}', path)}"
+        started = time.perf_counter()
         try:
             async with self._session.request(
-                method, self._base + path, json=body, params=params
+                method, self._base + path, json=body, params=params, headers=request_headers()
             ) as resp:
                 status, raw = resp.status, await resp.read()
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            log.warning("chatcore %s %s failed: %s", method, path, exc or type(exc).__name__)
+            log.warning("chatcore %s failed: %s", route, exc or type(exc).__name__)
+            self._count_error(route)
             raise unavailable() from None
+        if self._metrics is not None:
+            self._metrics.chatcore_seconds.labels(route).observe(time.perf_counter() - started)
+        if status >= 500:
+            self._count_error(route)
         if status >= 400:
             raise _relayed(status, raw)
         return status, raw
+
+    def _count_error(self, route: str) -> None:
+        if self._metrics is not None:
+            self._metrics.chatcore_errors.labels(route).inc()
 
     async def call(
         self, method: str, path: str, *, body: Any = None, params: dict[str, Any] | None = None

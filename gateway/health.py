@@ -7,6 +7,8 @@ clients elsewhere", not "restart me".
 
 from __future__ import annotations
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
 from gateway.base import GatewayHandler
 
 
@@ -25,3 +27,11 @@ class Readyz(GatewayHandler):
         }
         ready = checks["redis"] and checks["chatcore"] and not services.draining
         self.send_json({"ready": ready, "checks": checks}, 200 if ready else 503)
+
+
+class Metrics(GatewayHandler):
+    """Prometheus text format; scraped per gateway, not through the load balancer."""
+
+    def get(self) -> None:
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.finish(generate_latest(self.services.metrics.registry))

@@ -131,6 +131,9 @@ class Hub:
     def local_users(self) -> list[int]:
         return [c.user_id for c in self._channels.values() if c.mailboxes]
 
+    def channel_count(self) -> int:
+        return len(self._channels)
+
     def connection_count(self) -> int:
         return sum(len(c.mailboxes) for c in self._channels.values())
 

@@ -1,17 +1,21 @@
-"""`longtail`: chatcore, gateway, dev (everything on embedded defaults) and migrate."""
+"""`longtail`: chatcore, gateway, dev (everything on embedded defaults), migrate, check."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
 
+from longtail import logs
 from longtail.settings import ConfigError, Settings
 
 log = logging.getLogger("longtail")
+
+Stopper = Callable[[], Awaitable[None]]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
         help="first gateway's port, the second is the next (default 8080; 0: any free)",
     )
     commands.add_parser("migrate", help="bring the database schema up to date")
+    commands.add_parser(
+        "check", help="validate the configuration and reach Redis, the database and chatcore"
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -37,14 +44,17 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"longtail: configuration error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # Alembic announces each of its plugins at INFO; only its migration lines matter.
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    style = settings.log_format
+    if args.command == "dev" and "LONGTAIL_LOG_FORMAT" not in os.environ:
+        style = "text"
+    logs.configure(settings.log_level, style)
     try:
         if args.command == "migrate":
             asyncio.run(_migrate(settings))
+        elif args.command == "check":
+            from longtail.check import run_checks
+
+            return 0 if asyncio.run(run_checks(settings)) else 1
         elif args.command == "chatcore":
             asyncio.run(_serve(lambda: _chatcore(settings, args.port, args.migrate)))
         elif args.command == "gateway":
@@ -59,11 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-Stopper = Callable[[], Awaitable[None]]
-
-
 async def _serve(start: Callable[[], Awaitable[Stopper]]) -> None:
-    """Start, then run until SIGTERM or SIGINT, then stop cleanly."""
+    """Start, then run until SIGTERM or SIGINT, then stop (gateways drain first)."""
     stop = await start()
     done = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -111,6 +111,10 @@ class Settings:
     # A stream is closed cleanly after this long (jittered) and the client resumes from
     # its cursor: bounds per-connection state and lets a load balancer rebalance.
     stream_max_age: float = 600.0
+    # On SIGTERM: the longest a gateway takes to hand its clients over and exit, and the
+    # window over which their reconnects are spread (so no gateway gets them all at once).
+    drain_seconds: float = 10.0
+    drain_spread: float = 5.0
     # Hot buffer of recent events per user in Redis, so catch-up rarely reaches chatcore.
     buffer_size: int = 256
     buffer_ttl: int = 3600
@@ -127,6 +131,8 @@ class Settings:
     argon2_memory_kib: int = 65536
     allowed_origins: tuple[str, ...] = ()
     log_level: str = "INFO"
+    # JSON lines for log collectors; `longtail dev` prints plain text unless this is set.
+    log_format: str = "json"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -174,6 +180,12 @@ def _level(raw: str) -> str:
     return level
 
 
+def _log_format(raw: str) -> str:
+    if raw not in ("json", "text"):
+        raise ValueError("must be json or text")
+    return raw
+
+
 _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "redis_url": ("REDIS_URL", _redis_url),
     "database_url": ("DATABASE_URL", database_url),
@@ -187,6 +199,8 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "poll_timeout_max": ("LONGTAIL_POLL_TIMEOUT_MAX", _positive_float),
     "heartbeat": ("LONGTAIL_HEARTBEAT", _positive_float),
     "stream_max_age": ("LONGTAIL_STREAM_MAX_AGE", _positive_float),
+    "drain_seconds": ("LONGTAIL_DRAIN_SECONDS", _positive_float),
+    "drain_spread": ("LONGTAIL_DRAIN_SPREAD", _non_negative_float),
     "buffer_size": ("LONGTAIL_BUFFER_SIZE", _positive_int),
     "buffer_ttl": ("LONGTAIL_BUFFER_TTL", _positive_int),
     "mailbox_size": ("LONGTAIL_MAILBOX_SIZE", _positive_int),
@@ -198,6 +212,7 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "argon2_memory_kib": ("LONGTAIL_ARGON2_MEMORY_KIB", _positive_int),
     "allowed_origins": ("LONGTAIL_ALLOWED_ORIGINS", _origins),
     "log_level": ("LONGTAIL_LOG_LEVEL", _level),
+    "log_format": ("LONGTAIL_LOG_FORMAT", _log_format),
 }
 
 ENV_VARS = {name: var for name, (var, _) in _ENV.items()}

@@ -2,9 +2,10 @@
 
 Keys of one user share a hash tag (`{u:42}`) so they stay in one slot on a Redis Cluster.
 
-- `<prefix>:{u:ID}:ch`   pub/sub channel; each message is `<seq>:<event JSON>`, so a
-                         gateway reads the seq without decoding the JSON and forwards the
-                         JSON bytes to every transport untouched.
+- `<prefix>:{u:ID}:ch`   pub/sub channel; each message is `<seq>:<published ms>:<event
+                         JSON>`, so a gateway reads the seq (and the publish time, for its
+                         latency metric) without decoding the JSON, and forwards the JSON
+                         bytes to every transport untouched.
 - `<prefix>:{u:ID}:buf`  sorted set, score = seq, member = event JSON: the hot buffer of
                          the user's most recent events, used for catch-up.
 - `<prefix>:{u:ID}:head` the highest seq published for the user (a lower bound of the
@@ -15,6 +16,7 @@ Keys of one user share a hash tag (`{u:42}`) so they stay in one slot on a Redis
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 
@@ -24,17 +26,24 @@ class Event:
 
     seq: int
     data: bytes
+    # Unix time of the publish, for events that came through pub/sub (not catch-up).
+    published: float | None = None
 
-    def to_message(self) -> bytes:
-        return b"%d:%s" % (self.seq, self.data)
+    def to_message(self, now: float | None = None) -> bytes:
+        return b"%d:%d:%s" % (
+            self.seq,
+            int(1000 * (time.time() if now is None else now)),
+            self.data,
+        )
 
     @classmethod
     def from_message(cls, message: bytes) -> Event:
         """Parse a pub/sub payload; raises ValueError on anything else."""
-        head, sep, data = message.partition(b":")
-        if not sep or not data:
-            raise ValueError("not a <seq>:<json> event message")
-        return cls(int(head), data)
+        seq, sep, rest = message.partition(b":")
+        published, sep2, data = rest.partition(b":")
+        if not (sep and sep2 and data):
+            raise ValueError("not a <seq>:<ms>:<json> event message")
+        return cls(int(seq), data, int(published) / 1000)
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,39 @@ yields. None of them knows Redis; the hub does not know which transport it feeds
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from gateway.base import Services
 from gateway.feed import Feed
 from gateway.mailbox import Mailbox
+from gateway.metrics import POLLS
 
 
 def new_feed(services: Services, user_id: int, cursor: int) -> Feed:
     return Feed(user_id, cursor, Mailbox(services.settings.mailbox_size), services.catchup)
+
+
+@asynccontextmanager
+async def held(services: Services, transport: str, feed: Feed) -> AsyncIterator[None]:
+    """A connection held for the block: known to presence, the hub and the metrics.
+
+    The one place a held connection is registered and, on every path out (answered,
+    client gone, drained, failed), deregistered.
+    """
+    metrics = services.metrics
+    await services.presence.touch(feed.user_id)
+    gauge = metrics.held.labels(transport)
+    gauge.inc()
+    if transport in POLLS:
+        metrics.pending_polls.inc()
+    try:
+        async with services.hub.listen(feed.user_id, feed.mailbox):
+            if services.draining:
+                # Arrived on a kept-alive connection after SIGTERM: go elsewhere at once.
+                feed.mailbox.close("draining")
+            yield
+    finally:
+        gauge.dec()
+        if transport in POLLS:
+            metrics.pending_polls.dec()

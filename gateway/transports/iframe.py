@@ -21,10 +21,12 @@ PADDING = b"<!--" + b" " * 1024 + b"-->\n"
 
 
 class ForeverIframe(StreamTransport):
+    transport = "iframe"
     content_type = "text/html; charset=utf-8"
     query_token = True
 
     def prepare(self) -> None:
+        super().prepare()
         self.callback = valid_callback(self.get_query_argument("callback", "longtail_iframe"))
         self.set_header("X-Frame-Options", "SAMEORIGIN")
         self.set_header(

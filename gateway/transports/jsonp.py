@@ -28,10 +28,12 @@ JAVASCRIPT = "application/javascript; charset=utf-8"
 
 
 class JsonpPoll(LongPoll):
+    transport = "jsonp"
     query_token = True
     callback = ""
 
     def prepare(self) -> None:
+        super().prepare()
         self.callback = valid_callback(self.get_query_argument("callback", None))
 
     def body_for(self, events: list[Event], cursor: int) -> bytes:

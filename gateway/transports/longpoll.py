@@ -9,12 +9,13 @@ from __future__ import annotations
 from gateway.base import GatewayHandler
 from gateway.cursors import events_json, parse_cursor
 from gateway.feed import Closed, Feed
-from gateway.transports import new_feed
+from gateway.transports import held, new_feed
 from longtail.errors import bad_request
 from longtail.wire import Event
 
 
 class LongPoll(GatewayHandler):
+    transport = "longpoll"
     feed: Feed | None = None
 
     async def get(self) -> None:
@@ -34,14 +35,16 @@ class LongPoll(GatewayHandler):
         if cursor is None:
             return [], await services.catchup.head(user.id)
         self.feed = feed = new_feed(services, user.id, cursor)
-        await services.presence.touch(user.id)
-        async with services.hub.listen(user.id, feed.mailbox):
+        async with held(services, self.transport, feed):
             try:
                 events = await feed.next(timeout)
             except Closed as closed:
                 if closed.reason == "gone":
                     return None
-                events = []  # draining: answer now, the client polls another gateway
+                # Draining: answer now with the cursor; the next poll goes elsewhere.
+                services.metrics.closed.labels(closed.reason).inc()
+                events = []
+        services.metrics.wrote(self.transport, events)
         return events, feed.cursor
 
     def on_connection_close(self) -> None:

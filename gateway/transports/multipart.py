@@ -14,7 +14,10 @@ from longtail.wire import Event
 
 
 class MultipartStream(StreamTransport):
+    transport = "multipart"
+
     def prepare(self) -> None:
+        super().prepare()
         # A random boundary cannot occur inside the JSON parts (RFC 2046 5.1.1).
         self.boundary = f"longtail-{secrets.token_hex(12)}".encode()
         self.content_type = f'multipart/x-mixed-replace; boundary="{self.boundary.decode()}"'

@@ -9,18 +9,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.transports.stream import RETRY_MS, StreamTransport, control_json
+from gateway.transports.stream import StreamTransport, control_json
+from gateway.transports.timing import RETRY_SOON_MS
 from longtail.wire import Event
 
 
 class EventStream(StreamTransport):
+    transport = "sse"
     content_type = "text/event-stream; charset=utf-8"
 
     def cursor_argument(self) -> str | None:
         return self.request.headers.get("Last-Event-ID") or self.get_query_argument("cursor", None)
 
     def prelude(self, cursor: int) -> bytes:
-        return b"retry: %d\n" % RETRY_MS + self.control("ready", cursor=cursor)
+        return b"retry: %d\n" % RETRY_SOON_MS + self.control("ready", cursor=cursor)
+
+    def closing(self, reason: str, cursor: int, retry_ms: int) -> bytes:
+        # `retry:` is EventSource's own reconnect delay, for clients not using longtail.js.
+        return b"retry: %d\n" % retry_ms + super().closing(reason, cursor, retry_ms)
 
     def frame(self, event: Event) -> bytes:
         return b"id: %d\ndata: %s\n\n" % (event.seq, event.data)

@@ -18,14 +18,12 @@ from tornado.iostream import StreamClosedError
 from gateway.base import GatewayHandler
 from gateway.cursors import parse_cursor
 from gateway.feed import Closed, Feed
-from gateway.transports import new_feed
-from gateway.transports.timing import jittered, next_wait
+from gateway.transports import held, new_feed
+from gateway.transports.timing import jittered, next_wait, retry_after
 from longtail.wire import Event
 
 # A client that has not taken a write in this long is stuck: drop it, it resumes later.
 WRITE_TIMEOUT = 30.0
-# How soon a client should come back after a clean close.
-RETRY_MS = 1000
 
 
 def control_json(kind: str, **fields: Any) -> bytes:
@@ -34,6 +32,7 @@ def control_json(kind: str, **fields: Any) -> bytes:
 
 
 class StreamTransport(GatewayHandler):
+    transport = "stream"
     content_type = "application/octet-stream"
     feed: Feed | None = None
 
@@ -49,6 +48,10 @@ class StreamTransport(GatewayHandler):
     def control(self, kind: str, **fields: Any) -> bytes:
         raise NotImplementedError
 
+    def closing(self, reason: str, cursor: int, retry_ms: int) -> bytes:
+        """The last message: why the stream ends, where to resume, when to come back."""
+        return self.control("close", reason=reason, cursor=cursor, retry_ms=retry_ms)
+
     def epilogue(self) -> bytes:
         return b""
 
@@ -59,10 +62,10 @@ class StreamTransport(GatewayHandler):
         if cursor is None:
             cursor = await services.catchup.head(user.id)
         self.feed = feed = new_feed(services, user.id, cursor)
-        await services.presence.touch(user.id)
         settings = services.settings
+        metrics = services.metrics
         loop = asyncio.get_running_loop()
-        async with services.hub.listen(user.id, feed.mailbox):
+        async with held(services, self.transport, feed):
             events = await feed.next(0)  # before the headers: a bad cursor is a JSON 400
             self.set_header("Content-Type", self.content_type)
             self.set_header("X-Accel-Buffering", "no")
@@ -74,6 +77,7 @@ class StreamTransport(GatewayHandler):
                     for event in events:
                         self.write(self.frame(event))
                     await asyncio.wait_for(self.flush(), WRITE_TIMEOUT)
+                    metrics.wrote(self.transport, events)
                     wait = next_wait(settings.heartbeat, end - loop.time())
                     if wait <= 0:
                         break
@@ -86,8 +90,9 @@ class StreamTransport(GatewayHandler):
                 reason = closed.reason
             except (TimeoutError, StreamClosedError):
                 return
-        self.write(self.control("close", reason=reason, cursor=feed.cursor, retry_ms=RETRY_MS))
-        self.write(self.epilogue())
+        metrics.closed.labels(reason).inc()
+        retry_ms = retry_after(reason, settings.drain_spread)
+        self.write(self.closing(reason, feed.cursor, retry_ms) + self.epilogue())
         self.finish()
 
     def on_connection_close(self) -> None:

@@ -21,9 +21,9 @@ from gateway.auth import User, request_token
 from gateway.base import Services
 from gateway.cursors import parse_cursor
 from gateway.feed import Closed, Feed
-from gateway.transports import new_feed
-from gateway.transports.stream import RETRY_MS, control_json
-from gateway.transports.timing import jittered, next_wait
+from gateway.transports import held, new_feed
+from gateway.transports.stream import control_json
+from gateway.transports.timing import jittered, next_wait, retry_after
 from longtail.errors import ApiError
 
 log = logging.getLogger("longtail.gateway.ws")
@@ -73,16 +73,17 @@ class EventSocket(WebSocketHandler):
         if cursor is None:
             cursor = await services.catchup.head(self.user.id)
         self.feed = feed = new_feed(services, self.user.id, cursor)
-        await services.presence.touch(self.user.id)
+        metrics = services.metrics
         loop = asyncio.get_running_loop()
         try:
-            async with services.hub.listen(self.user.id, feed.mailbox):
+            async with held(services, "websocket", feed):
                 events = await feed.next(0)
                 await self.write_message(control_json("ready", cursor=cursor))
                 end = loop.time() + jittered(settings.stream_max_age)
                 while True:
                     for event in events:
                         await self.write_message(event.data)
+                    metrics.wrote("websocket", events)
                     wait = next_wait(settings.heartbeat, end - loop.time())
                     if wait <= 0:
                         break
@@ -101,9 +102,11 @@ class EventSocket(WebSocketHandler):
             reason = closed.reason
         except WebSocketClosedError:
             return
+        metrics.closed.labels(reason).inc()
+        retry_ms = retry_after(reason, settings.drain_spread)
         with suppress(WebSocketClosedError):
             await self.write_message(
-                control_json("close", reason=reason, cursor=feed.cursor, retry_ms=RETRY_MS)
+                control_json("close", reason=reason, cursor=feed.cursor, retry_ms=retry_ms)
             )
         self.close(CLOSE_CODES.get(reason, CLOSE_NORMAL), reason)
 

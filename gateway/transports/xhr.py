@@ -17,6 +17,7 @@ PADDING = b" " * 2048 + b"\n"
 
 
 class XhrStream(StreamTransport):
+    transport = "xhr"
     content_type = "application/x-ndjson; charset=utf-8"
 
     def prelude(self, cursor: int) -> bytes:

@@ -15,7 +15,7 @@ from chatcore.db import Database
 from chatcore.models import Outbox
 from chatcore.service import Chat
 from longtail.errors import ApiError
-from longtail.wire import Keys
+from longtail.wire import Event, Keys
 
 
 @pytest.fixture
@@ -110,7 +110,7 @@ async def test_events_committed_while_redis_is_down_are_published_by_the_sweep(
             msg = await pubsub.get_message(timeout=5)
             assert msg is not None, "re-published events arrive on the channel"
             if msg["type"] == "message":
-                received.append(json.loads(msg["data"].split(b":", 1)[1]))
+                received.append(json.loads(Event.from_message(msg["data"]).data))
         assert [e["seq"] for e in received] == [1, 2, 3]
         assert received[-1]["message"]["body"] == "survives"
         assert int(await live_redis.get(keys.head(b))) == 3

@@ -5,12 +5,14 @@ import pytest
 from longtail.wire import Event, Keys
 
 
-def test_event_message_round_trip():
+def test_event_message_round_trip_carries_the_publish_time():
     event = Event(42, b'{"seq":42,"type":"message","body":"a:b"}')
-    assert Event.from_message(event.to_message()) == event
+    assert Event.from_message(event.to_message(now=1700000000.25)) == Event(
+        42, event.data, 1700000000.25
+    )
 
 
-@pytest.mark.parametrize("raw", [b"", b"12", b"x:{}", b"12:"])
+@pytest.mark.parametrize("raw", [b"", b"12", b"x:1:{}", b"12:", b"12:{}", b"1:x:{}"])
 def test_malformed_messages_are_rejected(raw):
     with pytest.raises(ValueError):
         Event.from_message(raw)

@@ -1,0 +1,65 @@
+"""Structured logs: one JSON object per line, carrying the request id it belongs to.
+
+The request id comes from the load balancer (`X-Request-ID`, nginx's $request_id) or is
+made up, is echoed in the response, and is sent on to chatcore, so one id finds every
+line a request caused in every process. What is logged is chosen with care: methods,
+paths, status codes and error codes, never message bodies, passwords or tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import uuid
+from contextvars import ContextVar
+from datetime import UTC, datetime
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+# What we accept from outside: short, and nothing that could forge a log line.
+_SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def begin_request(incoming: str | None) -> str:
+    """Adopt the caller's request id, or make one; later log lines in this task carry it."""
+    request_id = incoming if incoming and _SAFE_ID.fullmatch(incoming) else uuid.uuid4().hex
+    _request_id.set(request_id)
+    return request_id
+
+
+def request_headers() -> dict[str, str]:
+    """Headers that carry the current request id on to another service."""
+    request_id = _request_id.get()
+    return {REQUEST_ID_HEADER: request_id} if request_id else {}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        request_id = _request_id.get()
+        if request_id:
+            entry["request_id"] = request_id
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure(level: str, style: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter()
+        if style == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # Alembic announces each of its plugins at INFO; only its migration lines matter.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
