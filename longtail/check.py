@@ -22,8 +22,8 @@ TIMEOUT = 3.0
 async def _redis(settings: Settings) -> str:
     client = Redis.from_url(settings.redis_url, socket_connect_timeout=TIMEOUT)
     try:
-        info = await client.info("server")
-        return f"redis {info.get('redis_version', '?')} at {settings.redis_url}"
+        await client.ping()
+        return f"redis at {settings.redis_url} answers PING"
     finally:
         await client.aclose()
 

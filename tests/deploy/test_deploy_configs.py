@@ -42,7 +42,7 @@ LONGEST_SILENCE = max(DEFAULTS.poll_timeout_max, DEFAULTS.heartbeat)
 SLACK = 5.0
 # Variables being added by work in progress elsewhere, so not in Settings yet; the deploy
 # files may already set them.
-PENDING_VARIABLES = {"LONGTAIL_DRAIN_SECONDS"}
+PENDING_VARIABLES: set[str] = set()
 KNOWN_VARIABLES = {var for var, _ in settings_module._ENV.values()} | PENDING_VARIABLES
 GATEWAYS = ("gateway1", "gateway2", "gateway3")
 SERVICES = {"redis", "postgres", "migrate", "chatcore", "nginx", *GATEWAYS}

@@ -52,8 +52,12 @@ def e2e_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cluster(e2e_redis_url: str, e2e_database_url: str, e2e_workdir: Path) -> Iterator[Cluster]:
+def cluster(
+    request: pytest.FixtureRequest, e2e_redis_url: str, e2e_database_url: str, e2e_workdir: Path
+) -> Iterator[Cluster]:
+    """A test module may set CLUSTER_ENV to configure its processes."""
     env = base_env(e2e_redis_url, e2e_database_url, f"e2e{uuid.uuid4().hex[:8]}")
+    env.update(getattr(request.module, "CLUSTER_ENV", {}))
     procs = Cluster.build(e2e_workdir, env, gateways=3)
     try:
         asyncio.run(procs.start())

@@ -115,9 +115,7 @@ async def test_drain_answers_long_polls_and_closes_streams_with_a_spread_retry(p
     stack.gateways.remove(gateway)  # already stopped
     # The clients resume on the gateway that is left, from their cursors.
     await alice.send(bob, "after the drain")
-    assert [e["message"]["body"] for e in await bob.poll(base=stack.urls[0])] == [
-        "after the drain"
-    ]
+    assert [e["message"]["body"] for e in await bob.poll(base=stack.urls[0])] == ["after the drain"]
 
 
 async def test_readiness_is_false_while_draining(stack, http):

@@ -79,3 +79,17 @@ def test_cli_stops_with_a_one_line_message():
     assert result.returncode == 2
     expected = "longtail: configuration error: PORT='nope': must be a TCP port (0-65535)"
     assert result.stderr.strip() == expected
+
+
+def test_every_variable_is_documented_with_its_default():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    defaults = Settings()
+    for name, var in ENV_VARS.items():
+        assert f"`{var}`" in doc, f"{var} is missing from docs/configuration.md"
+        value = getattr(defaults, name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            shown = f"{value:g}" if isinstance(value, float) else str(value)
+            row = next(line for line in doc.splitlines() if f"`{var}`" in line)
+            assert shown in row, f"{var}'s default {shown} is not in its row"
