@@ -119,6 +119,40 @@ class Events(InternalHandler):
         self.finish(body)
 
 
+class Rooms(InternalHandler):
+    async def post(self, user_id: str) -> None:
+        self.send_json(await self.chat.create_room(int(user_id), self.json_body()), 201)
+
+
+class Room(InternalHandler):
+    async def get(self, user_id: str, room_id: str) -> None:
+        self.send_json(await self.chat.room(int(user_id), int(room_id)))
+
+
+class RoomMembers(InternalHandler):
+    async def post(self, user_id: str, room_id: str) -> None:
+        self.send_json(await self.chat.invite(int(user_id), int(room_id), self.json_body()))
+
+
+class RoomLeave(InternalHandler):
+    async def post(self, user_id: str, room_id: str) -> None:
+        await self.chat.leave_room(int(user_id), int(room_id))
+        self.send_json({"ok": True})
+
+
+class Typing(InternalHandler):
+    async def post(self, user_id: str) -> None:
+        await self.chat.typing(int(user_id), self.json_body())
+        self.send_json({"ok": True})
+
+
+class Presence(InternalHandler):
+    async def post(self, user_id: str) -> None:
+        body = self.json_body()
+        await self.chat.presence(int(user_id), body.get("online") is True)
+        self.send_json({"ok": True})
+
+
 def make_app(chat: Chat, **settings: Any) -> tornado.web.Application:
     user = r"/internal/users/(\d{1,18})"
     return tornado.web.Application(
@@ -135,6 +169,12 @@ def make_app(chat: Chat, **settings: Any) -> tornado.web.Application:
             (user + r"/conversations/(\d{1,18})/messages", History, {"chat": chat}),
             (user + r"/conversations/(\d{1,18})/read", Read, {"chat": chat}),
             (user + r"/events", Events, {"chat": chat}),
+            (user + r"/rooms", Rooms, {"chat": chat}),
+            (user + r"/rooms/(\d{1,18})", Room, {"chat": chat}),
+            (user + r"/rooms/(\d{1,18})/members", RoomMembers, {"chat": chat}),
+            (user + r"/rooms/(\d{1,18})/leave", RoomLeave, {"chat": chat}),
+            (user + r"/typing", Typing, {"chat": chat}),
+            (user + r"/presence", Presence, {"chat": chat}),
         ],
         default_handler_class=NotFoundHandler,
         **settings,

@@ -34,8 +34,11 @@ def message_json(message: Message, sender: User) -> dict[str, Any]:
 async def send(
     tx: AsyncSession, sender_id: int, body: dict[str, Any], max_chars: int
 ) -> tuple[dict[str, Any], bool, list[Delivery]]:
-    """Store a message and both people's events; a repeated client_id returns the first."""
-    to = field_int(body, "to")
+    """Store a message and every member's event; a repeated client_id returns the first.
+
+    The body names a friend (`to`, their direct conversation) or a room the sender is in
+    (`conversation_id`).
+    """
     text = field_str(body, "body")
     client_id = field_str(body, "client_id", max_len=MAX_CLIENT_ID)
     if not client_id:
@@ -47,16 +50,18 @@ async def send(
     sender = await tx.get(User, sender_id)
     if sender is None:
         raise ApiError(401, "unauthorized", "Log in again.")
+    conversation_id = await destination(tx, sender_id, body)
     earlier = (
         await tx.execute(
             select(Message).where(Message.sender_id == sender_id, Message.client_id == client_id)
         )
     ).scalar_one_or_none()
     if earlier is not None:
-        return await replay(tx, earlier, sender, to, text), False, []
-    if to == sender_id or not await friends.are_friends(tx, sender_id, to):
-        raise ApiError(403, "not_friend", "You can only message your friends.")
-    conversation_id = await friends.direct_conversation(tx, sender_id, to)
+        if earlier.body != text or earlier.conversation_id != conversation_id:
+            raise ApiError(
+                409, "client_id_reused", "This client_id was already used for a different message."
+            )
+        return message_json(earlier, sender), False, []
     message = Message(
         conversation_id=conversation_id, sender_id=sender_id, client_id=client_id, body=text
     )
@@ -74,27 +79,31 @@ async def send(
         .values(last_read_message_id=message.id)
     )
     payload = message_json(message, sender)
-    deliveries = await append(
-        tx, [(to, "message", {"message": payload}), (sender_id, "message", {"message": payload})]
-    )
+    members = (
+        await tx.execute(select(Member.user_id).where(Member.conversation_id == conversation_id))
+    ).scalars()
+    deliveries = await append(tx, [(uid, "message", {"message": payload}) for uid in members])
     return payload, True, deliveries
 
 
-async def replay(
-    tx: AsyncSession, earlier: Message, sender: User, to: int, text: str
-) -> dict[str, Any]:
-    """The answer to a retried send; the same client_id on other content is refused."""
-    same_peer = await tx.get(Member, (earlier.conversation_id, to)) is not None
-    if earlier.body != text or not same_peer:
-        raise ApiError(
-            409, "client_id_reused", "This client_id was already used for a different message."
-        )
-    return message_json(earlier, sender)
+async def destination(tx: AsyncSession, sender_id: int, body: dict[str, Any]) -> int:
+    """The conversation a send goes to: a friend's direct one, or a room of the sender's."""
+    if body.get("conversation_id") is not None:
+        conversation_id = field_int(body, "conversation_id")
+        await require_member(tx, sender_id, conversation_id)
+        return conversation_id
+    to = field_int(body, "to")
+    if to == sender_id or not await friends.are_friends(tx, sender_id, to):
+        raise ApiError(403, "not_friend", "You can only message your friends.")
+    return await friends.direct_conversation(tx, sender_id, to)
 
 
 async def conversations(tx: AsyncSession, user_id: int) -> list[dict[str, Any]]:
+    """The user's conversations, newest activity first, with unread counts.
+
+    Direct ones say who they are `with`; rooms have a `name` and a member count.
+    """
     me = aliased(Member)
-    peer = aliased(Member)
     unread = (
         select(Message.conversation_id, func.count().label("unread"))
         .join(me, and_(me.conversation_id == Message.conversation_id, me.user_id == user_id))
@@ -103,30 +112,42 @@ async def conversations(tx: AsyncSession, user_id: int) -> list[dict[str, Any]]:
         .subquery()
     )
     last = aliased(Message)
-    rows = await tx.execute(
-        select(Conversation, User, last, func.coalesce(unread.c.unread, 0))
-        .join(me, and_(me.conversation_id == Conversation.id, me.user_id == user_id))
-        .join(peer, and_(peer.conversation_id == Conversation.id, peer.user_id != user_id))
-        .join(User, User.id == peer.user_id)
-        .outerjoin(last, last.id == Conversation.last_message_id)
-        .outerjoin(unread, unread.c.conversation_id == Conversation.id)
-        .order_by(func.coalesce(Conversation.last_message_id, 0).desc(), Conversation.id.desc())
-    )
-    result = []
-    for conversation, other, last_message, unread_count in rows:
-        last_json = None
-        if last_message is not None:
-            sender = other if last_message.sender_id == other.id else await tx.get(User, user_id)
-            last_json = message_json(last_message, sender) if sender else None
-        result.append(
-            {
-                "id": conversation.id,
-                "kind": conversation.kind,
-                "with": {"id": other.id, "username": other.username},
-                "last_message": last_json,
-                "unread": unread_count,
-            }
+    sender = aliased(User)
+    rows = (
+        await tx.execute(
+            select(Conversation, last, sender, func.coalesce(unread.c.unread, 0))
+            .join(me, and_(me.conversation_id == Conversation.id, me.user_id == user_id))
+            .outerjoin(last, last.id == Conversation.last_message_id)
+            .outerjoin(sender, sender.id == last.sender_id)
+            .outerjoin(unread, unread.c.conversation_id == Conversation.id)
+            .order_by(func.coalesce(Conversation.last_message_id, 0).desc(), Conversation.id.desc())
         )
+    ).all()
+    ids = [conversation.id for conversation, *_ in rows]
+    others: dict[int, list[User]] = {i: [] for i in ids}
+    if ids:
+        people = await tx.execute(
+            select(Member.conversation_id, User)
+            .join(User, User.id == Member.user_id)
+            .where(Member.conversation_id.in_(ids), Member.user_id != user_id)
+        )
+        for conversation_id, user in people:
+            others[conversation_id].append(user)
+    result = []
+    for conversation, last_message, last_sender, unread_count in rows:
+        entry: dict[str, Any] = {
+            "id": conversation.id,
+            "kind": conversation.kind,
+            "last_message": message_json(last_message, last_sender) if last_message else None,
+            "unread": unread_count,
+        }
+        if conversation.kind == "group":
+            entry["name"] = conversation.name
+            entry["members"] = len(others[conversation.id]) + 1
+        elif others[conversation.id]:
+            peer = others[conversation.id][0]
+            entry["with"] = {"id": peer.id, "username": peer.username}
+        result.append(entry)
     return result
 
 

@@ -75,7 +75,9 @@ class Conversation(Base):
     __tablename__ = "conversations"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16), default="direct")
+    kind: Mapped[str] = mapped_column(String(16), default="direct")  # "direct" | "group"
+    # A group room's name; direct conversations are named by their other member.
+    name: Mapped[str | None] = mapped_column(String(64))
     # "low:high" for a direct conversation, so a pair never gets two.
     direct_key: Mapped[str | None] = mapped_column(String(64), unique=True)
     last_message_id: Mapped[int | None] = mapped_column(BigInteger)

@@ -21,7 +21,7 @@ from chatcore.db import Database
 from chatcore.eventlog import Delivery
 from chatcore.models import Event as EventRow
 from chatcore.models import Outbox, utcnow
-from longtail.wire import Event, Keys
+from longtail.wire import Event, Keys, ephemeral_message
 
 log = logging.getLogger("longtail.chatcore.outbox")
 
@@ -68,6 +68,18 @@ class Publisher:
         self._published.extend((d.user_id, d.event.seq) for d in deliveries)
         self._wake.set()
         return True
+
+    async def publish_ephemeral(self, user_ids: list[int], data: bytes) -> None:
+        """Typing, presence: published once, lost if nobody listens, never retried."""
+        if not user_ids:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for user_id in user_ids:
+            pipe.publish(self._keys.channel(user_id), ephemeral_message(data))
+        try:
+            await pipe.execute()
+        except (RedisError, OSError) as exc:
+            log.info("ephemeral publish dropped: %s", exc)
 
     async def sweep(self, older_than: timedelta = SWEEP_AFTER) -> int:
         """Re-publish outbox rows older than `older_than`; returns how many went out."""

@@ -6,6 +6,7 @@ are published only after commit (see chatcore.outbox for the crash-safety half).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -15,18 +16,25 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from chatcore import accounts, eventlog, friends, messaging
+from chatcore import accounts, eventlog, friends, messaging, rooms
 from chatcore.db import Database
 from chatcore.eventlog import Delivery
 from chatcore.outbox import Publisher
 from chatcore.passwords import Passwords
 from chatcore.sessions import Sessions
 from longtail.settings import Settings
+from longtail.validate import field_int
 from longtail.wire import Event, Keys
 
 log = logging.getLogger("longtail.chatcore")
 
 T = TypeVar("T")
+
+
+def ephemeral(type_: str, body: dict[str, Any]) -> bytes:
+    return json.dumps({"type": type_, **body}, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 EVENTS_PAGE = 500
 
 
@@ -132,6 +140,47 @@ class Chat:
             return await messaging.mark_read(tx, user_id, conversation_id, body)
 
         return await self._write(work)
+
+    async def create_room(self, user_id: int, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._write(lambda tx: rooms.create(tx, user_id, body))
+
+    async def invite(self, user_id: int, room_id: int, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._write(lambda tx: rooms.invite(tx, user_id, room_id, body))
+
+    async def leave_room(self, user_id: int, room_id: int) -> None:
+        async def work(tx: AsyncSession) -> tuple[None, list[Delivery]]:
+            return None, await rooms.leave(tx, user_id, room_id)
+
+        await self._write(work)
+
+    async def room(self, user_id: int, room_id: int) -> dict[str, Any]:
+        return await self._read(lambda tx: rooms.members(tx, user_id, room_id))
+
+    async def typing(self, user_id: int, body: dict[str, Any]) -> None:
+        """Tell the conversation's other members, right now and only now, who is typing."""
+
+        async def work(tx: AsyncSession) -> tuple[list[int], dict[str, Any]]:
+            conversation_id = field_int(body, "conversation_id")
+            await messaging.require_member(tx, user_id, conversation_id)
+            user = await accounts.by_id(tx, user_id)
+            others = [u for u in await rooms.member_ids(tx, conversation_id) if u != user_id]
+            return others, {
+                "conversation_id": conversation_id,
+                "user": accounts.public(user) if user else {"id": user_id},
+            }
+
+        others, event = await self._read(work)
+        await self.publisher.publish_ephemeral(others, ephemeral("typing", event))
+
+    async def presence(self, user_id: int, online: bool) -> None:
+        """A gateway saw the user come or go: their friends' pages update at once."""
+
+        async def work(tx: AsyncSession) -> list[int]:
+            listing = await friends.listing(tx, user_id)
+            return [f["id"] for f in listing["friends"]]
+
+        event = {"user_id": user_id, "online": online}
+        await self.publisher.publish_ephemeral(await self._read(work), ephemeral("presence", event))
 
     async def events(
         self, user_id: int, after: int, limit: int = EVENTS_PAGE

@@ -118,3 +118,42 @@ class Read(GatewayHandler):
             f"/internal/users/{user.id}/conversations/{conversation_id}/read",
             body=self.json_body(),
         )
+
+
+class Rooms(GatewayHandler):
+    async def post(self) -> None:
+        user = await self.current_user_or_401()
+        await self.relay("POST", f"/internal/users/{user.id}/rooms", body=self.json_body())
+
+
+class Room(GatewayHandler):
+    async def get(self, room_id: str) -> None:
+        """The room and its members, each with whether they are online now."""
+        user = await self.current_user_or_401()
+        room = await self.services.chatcore.call(
+            "GET", f"/internal/users/{user.id}/rooms/{room_id}"
+        )
+        online = await self.services.presence.online([m["id"] for m in room["members"]])
+        for member in room["members"]:
+            member["online"] = member["id"] in online
+        await self.respond(json.dumps(room, ensure_ascii=False).encode())
+
+
+class RoomMembers(GatewayHandler):
+    async def post(self, room_id: str) -> None:
+        user = await self.current_user_or_401()
+        await self.relay(
+            "POST", f"/internal/users/{user.id}/rooms/{room_id}/members", body=self.json_body()
+        )
+
+
+class RoomLeave(GatewayHandler):
+    async def post(self, room_id: str) -> None:
+        user = await self.current_user_or_401()
+        await self.relay("POST", f"/internal/users/{user.id}/rooms/{room_id}/leave")
+
+
+class Typing(GatewayHandler):
+    async def post(self) -> None:
+        user = await self.current_user_or_401()
+        await self.relay("POST", f"/internal/users/{user.id}/typing", body=self.json_body())

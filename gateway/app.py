@@ -90,6 +90,11 @@ def make_app(services: Services) -> tornado.web.Application:
         (r"/api/conversations", api.Conversations),
         (rf"/api/conversations/{ID}/messages", api.History),
         (rf"/api/conversations/{ID}/read", api.Read),
+        (r"/api/rooms", api.Rooms),
+        (rf"/api/rooms/{ID}", api.Room),
+        (rf"/api/rooms/{ID}/members", api.RoomMembers),
+        (rf"/api/rooms/{ID}/leave", api.RoomLeave),
+        (r"/api/typing", api.Typing),
         (r"/api/events", LongPoll),
         (r"/api/events/stream", EventStream),
         (r"/api/events/ws", EventSocket),
@@ -130,7 +135,7 @@ class Gateway:
         self.chatcore = ChatcoreClient(settings.chatcore_url, settings.secret, self.metrics)
         self.hub = Hub(self.subscriber, keys, unsubscribe_grace=settings.unsubscribe_grace)
         self.catchup = Catchup(self.redis, keys, self.chatcore)
-        self.presence = Presence(self.redis, keys, self.hub)
+        self.presence = Presence(self.redis, keys, self.hub, self.chatcore)
         self.metrics.watch(self.hub, self.catchup)
         self.services = Services(
             settings,

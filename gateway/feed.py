@@ -47,6 +47,8 @@ class Feed:
                 events = self._advance(await self._catchup.after(self.user_id, self.cursor))
             else:
                 events = self._advance(mailbox.take())
+            # Ephemeral events (seq 0) follow the durable ones and do not move the cursor.
+            events += mailbox.take_ephemeral()
             if events:
                 return events
             remaining = deadline - loop.time()

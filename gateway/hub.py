@@ -18,7 +18,7 @@ import asyncio
 import logging
 import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
@@ -27,7 +27,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from gateway.mailbox import Mailbox
-from longtail.wire import Event, Keys
+from longtail.wire import EPHEMERAL, Event, Keys
 
 log = logging.getLogger("longtail.gateway.hub")
 
@@ -65,7 +65,13 @@ class Hub:
         unsubscribe_grace: float = 5.0,
         gateway_id: str | None = None,
         ping_interval: float = PING_INTERVAL,
+        on_arrive: Callable[[int], None] | None = None,
+        on_leave: Callable[[int], None] | None = None,
     ) -> None:
+        # Called when a user's first connection arrives on this gateway, and when their
+        # last one has been gone for the grace period (presence hooks onto these).
+        self.on_arrive = on_arrive
+        self.on_leave = on_leave
         self._redis = redis
         self._keys = keys
         self._grace = unsubscribe_grace
@@ -151,6 +157,8 @@ class Hub:
             self._channels[name] = channel
             self._by_user[user_id] = name
             self._send("subscribe", name)
+            if self.on_arrive is not None:
+                self.on_arrive(user_id)
         elif channel.linger is not None:
             channel.linger.cancel()
             channel.linger = None
@@ -170,6 +178,8 @@ class Hub:
         name = self._by_user.pop(channel.user_id)
         del self._channels[name]
         self._send("unsubscribe", name)
+        if self.on_leave is not None:
+            self.on_leave(channel.user_id)
 
     def _send(self, command: str, name: bytes) -> None:
         """Fire a (UN)SUBSCRIBE; while disconnected, the reconnect sends the full set."""
@@ -236,8 +246,14 @@ class Hub:
             channel = self._channels.get(name)
             if channel is None:
                 return  # the control channel's ping, or a channel we just left
+            data: bytes = message["data"]
+            if data.startswith(EPHEMERAL):
+                ephemeral = Event(0, data[len(EPHEMERAL) :])
+                for mailbox in channel.mailboxes:
+                    mailbox.deliver_ephemeral(ephemeral)
+                return
             try:
-                event = Event.from_message(message["data"])
+                event = Event.from_message(data)
             except ValueError:
                 log.error("ignoring a malformed message on %r", name)
                 return

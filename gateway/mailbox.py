@@ -11,13 +11,17 @@ import asyncio
 
 from longtail.wire import Event
 
+# Ephemeral events waiting for one connection; they are hints, so a few suffice.
+EPHEMERAL_LIMIT = 32
+
 
 class Mailbox:
-    __slots__ = ("_events", "_waiter", "closed", "limit", "overflowed", "stale")
+    __slots__ = ("_ephemeral", "_events", "_waiter", "closed", "limit", "overflowed", "stale")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._events: list[Event] = []
+        self._ephemeral: list[Event] = []
         self._waiter: asyncio.Future[None] | None = None
         # True until the first catch-up, and again whenever pub/sub may have lost
         # something (a reconnect): the feed then reads storage instead of trusting us.
@@ -31,6 +35,17 @@ class Mailbox:
         else:
             self._events.append(event)
         self._wake()
+
+    def deliver_ephemeral(self, event: Event) -> None:
+        """Typing, presence: the newest matter; past the limit the oldest are dropped."""
+        if len(self._ephemeral) >= EPHEMERAL_LIMIT:
+            del self._ephemeral[0]
+        self._ephemeral.append(event)
+        self._wake()
+
+    def take_ephemeral(self) -> list[Event]:
+        events, self._ephemeral = self._ephemeral, []
+        return events
 
     def resync(self) -> None:
         self.stale = True
@@ -47,7 +62,13 @@ class Mailbox:
 
     @property
     def ready(self) -> bool:
-        return bool(self._events) or self.stale or self.overflowed or self.closed is not None
+        return (
+            bool(self._events)
+            or bool(self._ephemeral)
+            or self.stale
+            or self.overflowed
+            or self.closed is not None
+        )
 
     async def wait(self, timeout: float) -> None:
         """Return when there is something to look at, or after `timeout` seconds."""

@@ -1,8 +1,11 @@
 """Who is online: a user is online while any gateway holds one of their connections.
 
-Each gateway refreshes its local users in one Redis sorted set (score = expiry); a
-gateway that dies stops refreshing and its users fade out after PRESENCE_TTL, which is
-also the grace that keeps a reconnecting user from flickering offline.
+Each user has a small sorted set in Redis of the gateways holding them, scored by an
+expiry that each gateway refreshes. A user's first connection on a gateway adds it; their
+last one leaving (after the hub's grace period, so a reconnect does not flicker) removes
+it. When that flips the user between online and offline, chatcore pushes an ephemeral
+`presence` event to their friends. A gateway that dies stops refreshing: its entries
+expire after PRESENCE_TTL and listings show the user offline (without a push).
 """
 
 from __future__ import annotations
@@ -10,11 +13,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway.chatcore_client import ChatcoreClient
 from gateway.hub import Hub
+from longtail.errors import ApiError
 from longtail.wire import Keys
 
 log = logging.getLogger("longtail.gateway.presence")
@@ -24,53 +31,90 @@ PRESENCE_TTL = 30.0
 
 
 class Presence:
-    def __init__(self, redis: Redis, keys: Keys, hub: Hub) -> None:
+    def __init__(self, redis: Redis, keys: Keys, hub: Hub, chatcore: ChatcoreClient) -> None:
         self._redis = redis
-        self._key = keys.presence()
+        self._keys = keys
         self._hub = hub
-        self._fresh: set[int] = set()
+        self._chatcore = chatcore
+        self._gateway = hub.gateway_id
         self._task: asyncio.Task[None] | None = None
-
-    async def touch(self, user_id: int) -> None:
-        """Mark a user online now, once per refresh period."""
-        if user_id in self._fresh:
-            return
-        self._fresh.add(user_id)
-        try:
-            await self._redis.zadd(self._key, {str(user_id): time.time() + PRESENCE_TTL})
-        except RedisError as exc:
-            log.info("presence update failed: %s", exc)
+        self._pending: set[asyncio.Task[None]] = set()
+        hub.on_arrive = lambda user_id: self._spawn(self._arrive(user_id))
+        hub.on_leave = lambda user_id: self._spawn(self._leave(user_id))
 
     async def online(self, user_ids: list[int]) -> set[int]:
         if not user_ids:
             return set()
+        now = time.time()
+        pipe = self._redis.pipeline(transaction=False)
+        for user_id in user_ids:
+            pipe.zcount(self._keys.presence(user_id), f"({now}", "+inf")
         try:
-            scores = await self._redis.zmscore(self._key, [str(u) for u in user_ids])
+            counts = await pipe.execute()
         except RedisError as exc:
             log.info("presence read failed: %s", exc)
             return set()
-        now = time.time()
-        return {u for u, s in zip(user_ids, scores, strict=True) if s is not None and s > now}
+        return {u for u, n in zip(user_ids, counts, strict=True) if n}
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._refresh_forever())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        tasks = [t for t in (self._task, *self._pending) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _arrive(self, user_id: int) -> None:
+        key, now = self._keys.presence(user_id), time.time()
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.zcount(key, f"({now}", "+inf")
+            pipe.zadd(key, {self._gateway: now + PRESENCE_TTL})
+            pipe.expire(key, int(PRESENCE_TTL) + 1)
+            already, *_ = await pipe.execute()
+        except RedisError as exc:
+            log.info("presence update failed: %s", exc)
+            return
+        if not already:
+            await self._announce(user_id, True)
+
+    async def _leave(self, user_id: int) -> None:
+        key, now = self._keys.presence(user_id), time.time()
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.zrem(key, self._gateway)
+            pipe.zcount(key, f"({now}", "+inf")
+            _, remaining = await pipe.execute()
+        except RedisError as exc:
+            log.info("presence update failed: %s", exc)
+            return
+        if not remaining:
+            await self._announce(user_id, False)
+
+    async def _announce(self, user_id: int, online: bool) -> None:
+        try:
+            await self._chatcore.request(
+                "POST", f"/internal/users/{user_id}/presence", body={"online": online}
+            )
+        except ApiError as exc:
+            log.info("presence push failed: %s", exc.code)
 
     async def _refresh_forever(self) -> None:
         while True:
             await asyncio.sleep(PRESENCE_REFRESH)
-            users = self._hub.local_users()
-            self._fresh = set(users)
-            now = time.time()
+            expiry = time.time() + PRESENCE_TTL
             try:
                 pipe = self._redis.pipeline(transaction=False)
-                if users:
-                    pipe.zadd(self._key, {str(u): now + PRESENCE_TTL for u in users})
-                pipe.zremrangebyscore(self._key, "-inf", now)
+                for user_id in self._hub.local_users():
+                    key = self._keys.presence(user_id)
+                    pipe.zadd(key, {self._gateway: expiry})
+                    pipe.expire(key, int(PRESENCE_TTL) + 1)
                 await pipe.execute()
             except RedisError as exc:
                 log.info("presence refresh failed: %s", exc)

@@ -11,7 +11,7 @@ Keys of one user share a hash tag (`{u:42}`) so they stay in one slot on a Redis
 - `<prefix>:{u:ID}:head` the highest seq published for the user (a lower bound of the
                          true head: chatcore's database is the authority).
 - `<prefix>:sess:HASH`   session cache: JSON `{id, username}`, written only by chatcore.
-- `<prefix>:presence`    sorted set of online user ids, score = expiry (unix seconds).
+- `<prefix>:{u:ID}:on`   sorted set of the gateways holding the user, score = expiry.
 """
 
 from __future__ import annotations
@@ -46,6 +46,15 @@ class Event:
         return cls(int(seq), data, int(published) / 1000)
 
 
+# Ephemeral events (typing, presence) ride the same channels as `e:<json>`: no seq, never
+# stored, never caught up; a client that misses one just shows slightly stale state.
+EPHEMERAL = b"e:"
+
+
+def ephemeral_message(data: bytes) -> bytes:
+    return EPHEMERAL + data
+
+
 @dataclass(frozen=True)
 class Keys:
     """Names of everything Longtail keeps in Redis, under one configurable prefix."""
@@ -64,8 +73,9 @@ class Keys:
     def session(self, token_hash: str) -> str:
         return f"{self.prefix}:sess:{token_hash}"
 
-    def presence(self) -> str:
-        return f"{self.prefix}:presence"
+    def presence(self, user_id: int) -> str:
+        """The gateways holding the user now (sorted set, score = expiry)."""
+        return f"{self.prefix}:{{u:{user_id}}}:on"
 
     def control(self, gateway_id: str) -> str:
         """A gateway's own channel: keeps its subscriber alive and carries watchdog pings."""

@@ -38,6 +38,8 @@ class Client:
     username: str | None = None
     cursor: int = 0
     seen: list[int] = field(default_factory=list)
+    # Typing and presence arrive without a seq; kept apart from the durable events.
+    ephemeral: list[dict[str, Any]] = field(default_factory=list)
 
     def headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
@@ -108,7 +110,8 @@ class Client:
         )
 
     async def poll(self, *, base: str | None = None, timeout: float = 5) -> list[dict[str, Any]]:
-        """One long-poll from the client's cursor; advances it and records the seqs."""
+        """One long-poll from the client's cursor: its durable events (the cursor advances,
+        seqs are recorded); ephemeral ones go to `self.ephemeral`."""
         resp = await self.request(
             "GET",
             f"/api/events?cursor={self.cursor}&timeout={timeout}",
@@ -116,7 +119,8 @@ class Client:
             timeout=timeout + 10,
         )
         assert resp.status == 200, resp
-        events = resp.body["events"]
+        events = [e for e in resp.body["events"] if "seq" in e]
+        self.ephemeral += [e for e in resp.body["events"] if "seq" not in e]
         self.seen.extend(e["seq"] for e in events)
         self.cursor = resp.body["cursor"]
         return events

@@ -17,6 +17,7 @@ export const LADDER = ["websocket", "sse", "xhr", "longpoll", "jsonp", "iframe"]
 export const TRANSPORTS = [...LADDER, "multipart"];
 
 const JSON_HEADERS = { "Content-Type": "application/json" };
+const CONTROL = new Set(["ready", "heartbeat", "close"]);
 
 export class Longtail {
   constructor(options = {}) {
@@ -126,9 +127,14 @@ export class Longtail {
     for (const event of events) this.deliver(event);
   }
 
-  /** One message from any transport: an event (has a seq) or a control message. */
+  /** One message from any transport: a durable event (has a seq), an ephemeral one
+   * (typing, presence: no seq, never replayed) or a control message. */
   deliver(item) {
-    if (item.seq === undefined) return this.control(item);
+    if (item.seq === undefined) {
+      if (CONTROL.has(item.type)) return this.control(item);
+      this.emit(item.type, item);
+      return this.emit("*", item);
+    }
     if (this.cursor !== null && item.seq <= this.cursor) return; // seen already
     this.cursor = item.seq;
     this.emit(item.type, item);

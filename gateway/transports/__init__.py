@@ -22,13 +22,12 @@ def new_feed(services: Services, user_id: int, cursor: int) -> Feed:
 
 @asynccontextmanager
 async def held(services: Services, transport: str, feed: Feed) -> AsyncIterator[None]:
-    """A connection held for the block: known to presence, the hub and the metrics.
+    """A connection held for the block: known to the hub (and so presence) and the metrics.
 
     The one place a held connection is registered and, on every path out (answered,
     client gone, drained, failed), deregistered.
     """
     metrics = services.metrics
-    await services.presence.touch(feed.user_id)
     gauge = metrics.held.labels(transport)
     gauge.inc()
     if transport in POLLS:

@@ -29,6 +29,8 @@ class EventStream(StreamTransport):
         return b"retry: %d\n" % retry_ms + super().closing(reason, cursor, retry_ms)
 
     def frame(self, event: Event) -> bytes:
+        if not event.seq:  # ephemeral: no id, so Last-Event-ID keeps the durable cursor
+            return b"data: %s\n\n" % event.data
         return b"id: %d\ndata: %s\n\n" % (event.seq, event.data)
 
     def control(self, kind: str, **fields: Any) -> bytes:

@@ -9,6 +9,7 @@ import aiohttp
 import pytest
 
 from tests.client import Client, messages
+from tests.waiting import eventually
 
 
 def name(prefix: str) -> str:
@@ -85,11 +86,21 @@ async def test_friend_request_accept_list_and_remove(new_client, stack):
 
 async def test_friend_shows_online_while_holding_a_connection(pair):
     alice, bob = pair
+    bob.cursor = (await bob.request("GET", "/api/events")).body["cursor"]
     waiting = asyncio.create_task(bob.poll(timeout=3))
-    await asyncio.sleep(0.3)
-    friends = (await alice.request("GET", "/api/friends")).body["friends"]
-    assert friends == [{"id": bob.user_id, "username": bob.username, "online": True}]
+
+    async def bob_online() -> bool:
+        friends = (await alice.request("GET", "/api/friends")).body["friends"]
+        return friends == [{"id": bob.user_id, "username": bob.username, "online": True}]
+
+    await eventually(bob_online, what="bob shows online while his long-poll is held")
     await waiting
+    # Gone, past the grace period: offline.
+    await eventually(lambda: _not(bob_online()), what="bob shows offline after he left")
+
+
+async def _not(value) -> bool:
+    return not await value
 
 
 async def test_conversations_unread_history_and_read_receipts(pair):
