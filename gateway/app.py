@@ -108,7 +108,7 @@ def make_app(services: Services) -> tornado.web.Application:
     ]
     heartbeat = services.settings.heartbeat
     static: list[Any] = [
-        (r"/(longtail\.js)", StaticFiles, {"path": STATIC}),
+        (r"/(longtail\.js|tabs\.js|app\.js|app\.css|console\.html)", StaticFiles, {"path": STATIC}),
         (r"/()", StaticFiles, {"path": STATIC, "default_filename": "index.html"}),
     ]
     return tornado.web.Application(

@@ -64,7 +64,7 @@ class BrowserUser:
         await dialog.dismiss()
 
     async def open(self, origin: str, username: str, password: str) -> BrowserUser:
-        await self.page.goto(origin + "/")
+        await self.page.goto(origin + "/console.html")
         await self.page.wait_for_function("window.longtail !== undefined")
         await self.page.evaluate(LOGIN, [username, password])
         return self
