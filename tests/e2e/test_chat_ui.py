@@ -147,6 +147,10 @@ async def test_two_people_chat_and_a_third_joins_a_room(browser, nginx: Nginx, t
     await alice.page.screenshot(path=str(shot))
     assert shot.stat().st_size > 10_000
 
+    # Bob is in the room; a direct message from alice shows as unread in his title.
+    await alice.send("are you there?")
+    await bob.page.wait_for_function("document.title === '(1) Longtail'")
+
     # A reload keeps the history (it comes from the server, not the page).
     await bob.page.reload()
     await bob.open_chat(alice.name)
