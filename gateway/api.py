@@ -10,6 +10,7 @@ import json
 
 from gateway.auth import COOKIE, request_token
 from gateway.base import GatewayHandler
+from gateway.limits import Rate
 from longtail.errors import ApiError
 from longtail.validate import query_int
 
@@ -21,9 +22,19 @@ class Register(GatewayHandler):
 
 class Login(GatewayHandler):
     async def post(self) -> None:
-        _, raw = await self.services.chatcore.request(
-            "POST", "/internal/login", body=self.json_body()
+        body = self.json_body()
+        # Password guessing: attempts are limited per account and per address.
+        settings, rates = self.services.settings, self.services.rates
+        username = body.get("username")
+        if isinstance(username, str):
+            await rates.hit(
+                Rate("login_attempts", settings.logins_per_15min, 900), username.casefold()[:64]
+            )
+        await rates.hit(
+            Rate("login_attempts_per_address", 10 * settings.logins_per_15min, 900),
+            self.request.remote_ip or "",
         )
+        _, raw = await self.services.chatcore.request("POST", "/internal/login", body=body)
         session = json.loads(raw)
         self.set_cookie(
             COOKIE,
@@ -64,6 +75,8 @@ class Friends(GatewayHandler):
 
     async def post(self) -> None:
         user = await self.current_user_or_401()
+        rate = Rate("friend_requests", self.services.settings.friend_requests_per_hour, 3600)
+        await self.services.rates.hit(rate, str(user.id))
         await self.relay("POST", f"/internal/users/{user.id}/friends", body=self.json_body())
 
 
@@ -82,6 +95,8 @@ class Messages(GatewayHandler):
         user = await self.current_user_or_401()
         sends = self.services.metrics.sends
         try:
+            rate = Rate("sends", self.services.settings.sends_per_minute, 60)
+            await self.services.rates.hit(rate, str(user.id))
             await self.relay("POST", f"/internal/users/{user.id}/messages", body=self.json_body())
         except ApiError as exc:
             sends.labels(exc.code).inc()

@@ -24,6 +24,7 @@ from gateway.catchup import Catchup
 from gateway.chatcore_client import ChatcoreClient
 from gateway.health import Healthz, Metrics, Readyz
 from gateway.hub import Hub
+from gateway.limits import ConnectionLimits, RateLimiter
 from gateway.metrics import GatewayMetrics
 from gateway.presence import Presence
 from gateway.transports.iframe import ForeverIframe
@@ -145,6 +146,12 @@ class Gateway:
             Authenticator(self.redis, keys, self.chatcore),
             self.presence,
             self.metrics,
+            RateLimiter(self.redis, keys),
+            ConnectionLimits(
+                settings.max_connections_per_user,
+                settings.max_connections_per_ip,
+                settings.max_connections,
+            ),
         )
         self.server: HTTPServer | None = None
         self.port: int | None = None

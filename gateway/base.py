@@ -13,6 +13,7 @@ from gateway.catchup import Catchup
 from gateway.chatcore_client import ChatcoreClient
 from gateway.cursors import events_json, parse_cursor
 from gateway.hub import Hub
+from gateway.limits import ConnectionLimits, RateLimiter
 from gateway.metrics import GatewayMetrics
 from gateway.presence import Presence
 from longtail.errors import ApiError
@@ -32,6 +33,8 @@ class Services:
     auth: Authenticator
     presence: Presence
     metrics: GatewayMetrics
+    rates: RateLimiter
+    connections: ConnectionLimits
     draining: bool = False
 
 

@@ -126,6 +126,14 @@ class Settings:
     max_message_chars: int = 4000
     max_request_bytes: int = 65536
     session_ttl: int = 30 * 24 * 3600
+    # Abuse limits. Rates are shared by all gateways (Redis); connection caps are per
+    # gateway. The total stays under the 20,000 open files a process may hold.
+    sends_per_minute: int = 120
+    friend_requests_per_hour: int = 60
+    logins_per_15min: int = 20
+    max_connections_per_user: int = 20
+    max_connections_per_ip: int = 500
+    max_connections: int = 18000
     # argon2id cost: RFC 9106's "low memory" profile (3 passes over 64 MiB) by default.
     argon2_time_cost: int = 3
     argon2_memory_kib: int = 65536
@@ -208,6 +216,12 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "max_message_chars": ("LONGTAIL_MAX_MESSAGE_CHARS", _positive_int),
     "max_request_bytes": ("LONGTAIL_MAX_REQUEST_BYTES", _positive_int),
     "session_ttl": ("LONGTAIL_SESSION_TTL", _positive_int),
+    "sends_per_minute": ("LONGTAIL_SENDS_PER_MINUTE", _positive_int),
+    "friend_requests_per_hour": ("LONGTAIL_FRIEND_REQUESTS_PER_HOUR", _positive_int),
+    "logins_per_15min": ("LONGTAIL_LOGINS_PER_15MIN", _positive_int),
+    "max_connections_per_user": ("LONGTAIL_MAX_CONNECTIONS_PER_USER", _positive_int),
+    "max_connections_per_ip": ("LONGTAIL_MAX_CONNECTIONS_PER_IP", _positive_int),
+    "max_connections": ("LONGTAIL_MAX_CONNECTIONS", _positive_int),
     "argon2_time_cost": ("LONGTAIL_ARGON2_TIME_COST", _positive_int),
     "argon2_memory_kib": ("LONGTAIL_ARGON2_MEMORY_KIB", _positive_int),
     "allowed_origins": ("LONGTAIL_ALLOWED_ORIGINS", _origins),

@@ -77,6 +77,10 @@ class Keys:
         """The gateways holding the user now (sorted set, score = expiry)."""
         return f"{self.prefix}:{{u:{user_id}}}:on"
 
+    def rate(self, name: str, subject: str) -> str:
+        """A rate limit's counter for one subject (a user id, a username, an address)."""
+        return f"{self.prefix}:rate:{name}:{subject}"
+
     def control(self, gateway_id: str) -> str:
         """A gateway's own channel: keeps its subscriber alive and carries watchdog pings."""
         return f"{self.prefix}:gw:{gateway_id}"

@@ -21,24 +21,27 @@ def new_feed(services: Services, user_id: int, cursor: int) -> Feed:
 
 
 @asynccontextmanager
-async def held(services: Services, transport: str, feed: Feed) -> AsyncIterator[None]:
-    """A connection held for the block: known to the hub (and so presence) and the metrics.
+async def held(services: Services, transport: str, feed: Feed, ip: str) -> AsyncIterator[None]:
+    """A connection held for the block: admitted by the connection limits (or refused
+    with 429/503 before anything is registered), known to the hub (and so presence) and
+    to the metrics.
 
     The one place a held connection is registered and, on every path out (answered,
     client gone, drained, failed), deregistered.
     """
     metrics = services.metrics
-    gauge = metrics.held.labels(transport)
-    gauge.inc()
-    if transport in POLLS:
-        metrics.pending_polls.inc()
-    try:
-        async with services.hub.listen(feed.user_id, feed.mailbox):
-            if services.draining:
-                # Arrived on a kept-alive connection after SIGTERM: go elsewhere at once.
-                feed.mailbox.close("draining")
-            yield
-    finally:
-        gauge.dec()
+    with services.connections.admitted(feed.user_id, ip):
+        gauge = metrics.held.labels(transport)
+        gauge.inc()
         if transport in POLLS:
-            metrics.pending_polls.dec()
+            metrics.pending_polls.inc()
+        try:
+            async with services.hub.listen(feed.user_id, feed.mailbox):
+                if services.draining:
+                    # Arrived on a kept-alive connection after SIGTERM: go elsewhere now.
+                    feed.mailbox.close("draining")
+                yield
+        finally:
+            gauge.dec()
+            if transport in POLLS:
+                metrics.pending_polls.dec()

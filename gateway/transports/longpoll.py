@@ -35,7 +35,7 @@ class LongPoll(GatewayHandler):
         if cursor is None:
             return [], await services.catchup.head(user.id)
         self.feed = feed = new_feed(services, user.id, cursor)
-        async with held(services, self.transport, feed):
+        async with held(services, self.transport, feed, self.request.remote_ip or ""):
             try:
                 events = await feed.next(timeout)
             except Closed as closed:

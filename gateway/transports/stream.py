@@ -65,7 +65,7 @@ class StreamTransport(GatewayHandler):
         settings = services.settings
         metrics = services.metrics
         loop = asyncio.get_running_loop()
-        async with held(services, self.transport, feed):
+        async with held(services, self.transport, feed, self.request.remote_ip or ""):
             events = await feed.next(0)  # before the headers: a bad cursor is a JSON 400
             self.set_header("Content-Type", self.content_type)
             self.set_header("X-Accel-Buffering", "no")

@@ -51,6 +51,8 @@ class EventSocket(WebSocketHandler):
         try:
             self.user = await self.services.auth.user(request_token(self.request))
             self.cursor = parse_cursor(self.get_query_argument("cursor", None))
+            # Refuse before the upgrade, as a plain 429/503, when a limit is reached.
+            self.services.connections.check(self.user.id, self.request.remote_ip or "")
         except ApiError as exc:
             self.set_status(exc.status)
             self.set_header("Content-Type", "application/json; charset=utf-8")
@@ -76,7 +78,7 @@ class EventSocket(WebSocketHandler):
         metrics = services.metrics
         loop = asyncio.get_running_loop()
         try:
-            async with held(services, "websocket", feed):
+            async with held(services, "websocket", feed, self.request.remote_ip or ""):
                 events = await feed.next(0)
                 await self.write_message(control_json("ready", cursor=cursor))
                 end = loop.time() + jittered(settings.stream_max_age)

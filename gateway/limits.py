@@ -1,0 +1,109 @@
+"""Limits that keep one user (or one address) from taking everyone's share.
+
+- Rates (sends, friend requests, login attempts) are counted in Redis, so a client
+  spreading its requests over every gateway still meets one limit: fixed windows, one
+  key per subject and window, expiring with it. If Redis is down the request goes
+  through: losing the limit for a moment beats refusing every message.
+- Held connections are counted per gateway, per user and per address; past the limit
+  the new one is refused (429), and a gateway full to LONGTAIL_MAX_CONNECTIONS answers
+  503 with Retry-After so the load balancer's next try lands elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from longtail.errors import ApiError
+from longtail.wire import Keys
+
+log = logging.getLogger("longtail.gateway.limits")
+
+
+@dataclass(frozen=True)
+class Rate:
+    name: str
+    limit: int
+    window: int  # seconds
+
+
+class RateLimiter:
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self._redis = redis
+        self._keys = keys
+
+    async def hit(self, rate: Rate, subject: str) -> None:
+        """Count one use of `rate` by `subject`; a 429 with Retry-After past the limit."""
+        key = self._keys.rate(rate.name, subject)
+        try:
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.set(key, 0, ex=rate.window, nx=True)
+            pipe.incr(key)
+            pipe.ttl(key)
+            _, used, ttl = await pipe.execute()
+        except RedisError as exc:
+            log.warning("rate limit %s not checked, Redis unavailable: %s", rate.name, exc)
+            return
+        if used > rate.limit:
+            wait = max(1, int(ttl))
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"Too many {rate.name.replace('_', ' ')}: try again in {wait} s.",
+                headers={"Retry-After": str(wait)},
+            )
+
+
+class ConnectionLimits:
+    """Held connections of this gateway, by user and by client address."""
+
+    def __init__(self, per_user: int, per_ip: int, total: int) -> None:
+        self.per_user = per_user
+        self.per_ip = per_ip
+        self.total = total
+        self._users: Counter[int] = Counter()
+        self._ips: Counter[str] = Counter()
+        self.held = 0
+
+    def check(self, user_id: int, ip: str) -> None:
+        if self.held >= self.total:
+            raise ApiError(
+                503,
+                "gateway_full",
+                "This server is full; try again shortly.",
+                headers={"Retry-After": "2"},
+            )
+        if self._users[user_id] >= self.per_user:
+            raise ApiError(
+                429, "too_many_connections", f"At most {self.per_user} open connections per user."
+            )
+        if self._ips[ip] >= self.per_ip:
+            raise ApiError(
+                429, "too_many_connections", f"At most {self.per_ip} open connections per address."
+            )
+
+    @contextmanager
+    def admitted(self, user_id: int, ip: str) -> Iterator[None]:
+        self.check(user_id, ip)
+        self._users[user_id] += 1
+        self._ips[ip] += 1
+        self.held += 1
+        try:
+            yield
+        finally:
+            self.held -= 1
+            _release(self._users, user_id)
+            _release(self._ips, ip)
+
+
+def _release(counter: Counter[Any], key: Any) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]

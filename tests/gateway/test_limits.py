@@ -1,0 +1,100 @@
+"""Abuse limits: rates shared by every gateway, connection caps, a full gateway's 503."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from tests.client import Client
+from tests.waiting import eventually
+
+
+@pytest.fixture
+def tight(stack):
+    """Small limits on both gateways, so a test can reach them."""
+    for gateway in stack.gateways:
+        gateway.services.settings = gateway.services.settings.with_(
+            sends_per_minute=5, friend_requests_per_hour=3, logins_per_15min=4
+        )
+        gateway.services.connections.per_user = 2
+        gateway.services.connections.per_ip = 3
+    return stack
+
+
+async def test_send_rate_is_one_limit_across_all_gateways(pair, tight):
+    alice, bob = pair
+    answers = [await alice.send(bob, f"n{i}", base=tight.urls[i % 2]) for i in range(7)]
+    assert [a.status for a in answers] == [201] * 5 + [429] * 2
+    refused = answers[-1]
+    assert refused.error_code == "rate_limited" and 1 <= int(refused.headers["Retry-After"]) <= 60
+    events = await bob.poll(timeout=0)
+    assert [e["message"]["body"] for e in events if e["type"] == "message"] == [
+        f"n{i}" for i in range(5)
+    ]
+
+
+async def test_friend_requests_are_limited(new_client, tight):
+    asker = await new_client(0).signup(f"asker{uuid.uuid4().hex[:6]}")
+    others = [await new_client(1).signup(f"o{i}{uuid.uuid4().hex[:6]}") for i in range(4)]
+    statuses = [
+        (await asker.request("POST", "/api/friends", {"username": o.username})).status
+        for o in others
+    ]
+    assert statuses == [201, 201, 201, 429]
+
+
+async def test_password_guessing_is_throttled_per_account(new_client, tight):
+    victim = await new_client(0).signup(f"victim{uuid.uuid4().hex[:6]}")
+    guesser = Client(victim.http, tight.urls[1])
+    statuses = []
+    for guess in range(6):
+        resp = await guesser.request(
+            "POST",
+            "/api/login",
+            {"username": victim.username.upper(), "password": f"guess{guess}xx"},
+        )
+        statuses.append(resp.status)
+    assert statuses[:3] == [401, 401, 401] and statuses[-1] == 429
+    # Even the right password waits: the account is throttled, not the guess.
+    resp = await guesser.request(
+        "POST", "/api/login", {"username": victim.username, "password": "correct horse"}
+    )
+    assert resp.status == 429 and "Retry-After" in resp.headers
+
+
+async def test_held_connections_per_user_are_capped(pair, tight):
+    _, bob = pair
+    bob.cursor = (await bob.request("GET", "/api/events")).body["cursor"]
+    url = tight.urls[0]
+    held = [asyncio.create_task(bob.poll(base=url, timeout=5)) for _ in range(2)]
+    gateway = tight.gateways[0]
+    await eventually(lambda: gateway.services.connections.held == 2, what="two held")
+    third = await bob.request("GET", f"/api/events?cursor={bob.cursor}&timeout=5", base=url)
+    assert third.status == 429 and third.error_code == "too_many_connections"
+    stream = await bob.request("GET", f"/api/events/stream?cursor={bob.cursor}", base=url)
+    assert stream.status == 429
+    # The other gateway has its own count.
+    elsewhere = await bob.request(
+        "GET", f"/api/events?cursor={bob.cursor}&timeout=0", base=tight.urls[1]
+    )
+    assert elsewhere.status == 200
+    gateway.hub.close_all("draining")
+    await asyncio.gather(*held)
+    assert gateway.services.connections.held == 0
+
+
+async def test_a_full_gateway_answers_503_with_retry_after(pair, tight):
+    _, bob = pair
+    gateway = tight.gateways[1]
+    gateway.services.connections.total = 0
+    try:
+        resp = await bob.request(
+            "GET", f"/api/events?cursor={bob.cursor}&timeout=1", base=tight.urls[1]
+        )
+    finally:
+        gateway.services.connections.total = 18000
+    assert resp.status == 503 and resp.error_code == "gateway_full"
+    assert resp.headers["Retry-After"] == "2"
+    assert (await bob.request("GET", "/api/me", base=tight.urls[1])).status == 200
