@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import tornado.web
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from tornado.httpserver import HTTPServer
@@ -73,6 +73,16 @@ class StaticFiles(tornado.web.StaticFileHandler):
         self.set_header("X-Content-Type-Options", "nosniff")
 
 
+def command_pool(url: str) -> BlockingConnectionPool:
+    """Redis connections for sessions, catch-up, presence and limits.
+
+    A burst of requests waits briefly for a free connection instead of failing at once
+    (redis-py's default pool raises past 100), which would send every lookup of the
+    burst to chatcore instead.
+    """
+    return BlockingConnectionPool.from_url(url, max_connections=256, timeout=5)
+
+
 def subscriber_options() -> dict[str, Any]:
     """The subscriber must surface every connection error to the hub, which then
     re-subscribes and catches up; redis-py's silent retry would hide the gap."""
@@ -131,7 +141,7 @@ class Gateway:
         keys = Keys(settings.redis_prefix)
         self.settings = settings
         self.metrics = GatewayMetrics()
-        self.redis = redis or Redis.from_url(settings.redis_url)
+        self.redis = redis or Redis(connection_pool=command_pool(settings.redis_url))
         self.subscriber = subscriber or Redis.from_url(settings.redis_url, **subscriber_options())
         self.chatcore = ChatcoreClient(settings.chatcore_url, settings.secret, self.metrics)
         self.hub = Hub(self.subscriber, keys, unsubscribe_grace=settings.unsubscribe_grace)

@@ -17,6 +17,8 @@ from longtail.wire import Event, Keys
 log = logging.getLogger("longtail.gateway.catchup")
 
 PAGE = 500
+# As long as chatcore keeps it (chatcore.outbox.HEAD_TTL): a week of an idle user's polls.
+HEAD_TTL = 7 * 24 * 3600
 
 
 class Catchup:
@@ -39,7 +41,9 @@ class Catchup:
             self.from_buffer += 1
             return buffered
         self.from_chatcore += 1
-        return await self._chatcore.events_after(user_id, cursor)
+        events, head = await self._chatcore.events_after(user_id, cursor)
+        await self._remember_head(user_id, head)
+        return events
 
     async def head(self, user_id: int) -> int:
         """The user's newest seq: where a client without a cursor starts."""
@@ -49,7 +53,23 @@ class Catchup:
             cached = None
         # The head key may trail chatcore's by an unpublished event, never lead it;
         # starting a little early only means receiving that event.
-        return int(cached) if cached is not None else await self._chatcore.head(user_id)
+        if cached is not None:
+            return int(cached)
+        head = await self._chatcore.head(user_id)
+        await self._remember_head(user_id, head)
+        return head
+
+    async def _remember_head(self, user_id: int, head: int) -> None:
+        """Cache what chatcore said, so idle users' polls stop reaching it.
+
+        Only when no head is cached (NX): a concurrent publish may have set a newer one.
+        A value that is stale by then is still a lower bound, which is all readers
+        assume: a cursor above it is checked with chatcore, never refused on its word.
+        """
+        try:
+            await self._redis.set(self._keys.head(user_id), head, ex=HEAD_TTL, nx=True)
+        except RedisError as exc:
+            log.info("could not cache the head: %s", exc)
 
     async def _from_buffer(self, user_id: int, cursor: int) -> list[Event] | None:
         """The buffered events after `cursor`, or None when the buffer cannot tell."""

@@ -89,9 +89,10 @@ class ChatcoreClient:
         _, raw = await self.request(method, path, body=body, params=params)
         return json.loads(raw) if raw else None
 
-    async def events_after(self, user_id: int, after: int) -> list[Event]:
+    async def events_after(self, user_id: int, after: int) -> tuple[list[Event], int]:
+        """The events after `after` from chatcore's log, and the user's head seq."""
         data = await self.call("GET", f"/internal/users/{user_id}/events", params={"after": after})
-        return [Event(e["seq"], _encode(e)) for e in data["events"]]
+        return [Event(e["seq"], _encode(e)) for e in data["events"]], int(data["head"])
 
     async def head(self, user_id: int) -> int:
         data = await self.call("GET", f"/internal/users/{user_id}/events")

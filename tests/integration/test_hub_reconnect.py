@@ -25,9 +25,9 @@ from tests.waiting import eventually
 class EmptyChatcore:
     """chatcore for a user with no events yet; later catch-ups come from the Redis buffer."""
 
-    async def events_after(self, user_id: int, after: int) -> list[Event]:
+    async def events_after(self, user_id: int, after: int) -> tuple[list[Event], int]:
         assert after == 0, "only the first read, before anything is buffered, reaches chatcore"
-        return []
+        return [], 0
 
 
 @pytest.fixture

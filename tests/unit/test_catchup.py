@@ -15,9 +15,9 @@ class Chatcore:
         self.head_seq = head
         self.reads = 0
 
-    async def events_after(self, user_id: int, after: int) -> list[Event]:
+    async def events_after(self, user_id: int, after: int) -> tuple[list[Event], int]:
         self.reads += 1
-        return [Event(s, b"{}") for s in range(after + 1, self.head_seq + 1)]
+        return [Event(s, b"{}") for s in range(after + 1, self.head_seq + 1)], self.head_seq
 
     async def head(self, user_id: int) -> int:
         self.reads += 1
@@ -65,3 +65,12 @@ async def test_head_comes_from_redis_or_chatcore(redis_factory, keys):
     assert await catchup.head(1) == 9 and chatcore.reads == 1
     await redis.set(keys.head(1), 9)
     assert await catchup.head(1) == 9 and chatcore.reads == 1
+
+
+async def test_an_idle_users_head_is_cached_after_one_chatcore_read(redis_factory, keys):
+    redis = redis_factory()
+    chatcore = Chatcore(head=0)  # a user with no events: chatcore writes no head for them
+    catchup = Catchup(redis, keys, chatcore)  # type: ignore[arg-type]
+    for _ in range(3):
+        assert await catchup.after(1, 0) == []
+    assert chatcore.reads == 1, "later polls are answered from Redis"
