@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chatcore import accounts, eventlog, friends, messaging, rooms
@@ -22,6 +24,7 @@ from chatcore.eventlog import Delivery
 from chatcore.outbox import Publisher
 from chatcore.passwords import Passwords
 from chatcore.sessions import Sessions
+from longtail.errors import ApiError
 from longtail.settings import Settings
 from longtail.validate import field_int
 from longtail.wire import Event, Keys
@@ -38,6 +41,32 @@ def ephemeral(type_: str, body: dict[str, Any]) -> bytes:
 EVENTS_PAGE = 500
 
 
+@asynccontextmanager
+async def database_errors() -> AsyncIterator[None]:
+    """The database is unreachable or went away mid-transaction: a clear 503 the client
+    retries (sends are idempotent on client_id), never a 500."""
+    try:
+        yield
+    except (OperationalError, InterfaceError, OSError) as exc:
+        log.warning("database unavailable: %s", type(exc).__name__)
+        raise ApiError(
+            503,
+            "database_unavailable",
+            "The chat service cannot reach its database; try again shortly.",
+            headers={"Retry-After": "1"},
+        ) from None
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        log.warning("database connection lost: %s", type(exc.orig).__name__)
+        raise ApiError(
+            503,
+            "database_unavailable",
+            "The chat service lost its database connection; try again shortly.",
+            headers={"Retry-After": "1"},
+        ) from None
+
+
 class Chat:
     def __init__(self, settings: Settings, db: Database, redis: Redis) -> None:
         keys = Keys(settings.redis_prefix)
@@ -47,6 +76,7 @@ class Chat:
         self.passwords = Passwords(settings.argon2_time_cost, settings.argon2_memory_kib)
         self.sessions = Sessions(redis, keys, settings.session_ttl)
         self.publisher = Publisher(db, redis, keys, settings.buffer_size, settings.buffer_ttl)
+        self._commits = 0
 
     async def _write(
         self, work: Callable[[AsyncSession], Awaitable[tuple[T, list[Delivery]]]]
@@ -58,18 +88,25 @@ class Chat:
         """
         for attempt in (1, 2):
             try:
-                async with self.db.transaction() as tx:
+                async with database_errors(), self.db.transaction() as tx:
                     result, deliveries = await work(tx)
                 break
             except IntegrityError:
                 if attempt == 2:
                     raise
                 log.info("write raced a concurrent one; retrying")
+        if deliveries:
+            self._commits += 1
+            if self._commits == self.settings.fault_exit_after_commits:
+                # Fault injection (tests only): die between commit and publish, the
+                # case the outbox exists for.
+                log.warning("fault injection: exiting after commit %d", self._commits)
+                os._exit(70)
         await self.publisher.publish(deliveries)
         return result
 
     async def _read(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-        async with self.db.transaction() as tx:
+        async with database_errors(), self.db.transaction() as tx:
             return await work(tx)
 
     async def register(self, body: dict[str, Any]) -> dict[str, Any]:

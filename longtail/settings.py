@@ -42,6 +42,13 @@ def _positive_int(raw: str) -> int:
     return value
 
 
+def _non_negative_int(raw: str) -> int:
+    value = int(_number(raw, int, "a whole number, 0 or more"))
+    if value < 0:
+        raise ValueError("must be a whole number, 0 or more")
+    return value
+
+
 def _non_negative_float(raw: str) -> float:
     value = _number(raw, float, "a number of seconds, 0 or more")
     if value < 0:
@@ -138,6 +145,9 @@ class Settings:
     argon2_time_cost: int = 3
     argon2_memory_kib: int = 65536
     allowed_origins: tuple[str, ...] = ()
+    # Testing only: chatcore exits right after this many committed writes, before
+    # publishing them (0: never). The chaos tests prove the outbox on it.
+    fault_exit_after_commits: int = 0
     log_level: str = "INFO"
     # JSON lines for log collectors; `longtail dev` prints plain text unless this is set.
     log_format: str = "json"
@@ -225,6 +235,7 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "argon2_time_cost": ("LONGTAIL_ARGON2_TIME_COST", _positive_int),
     "argon2_memory_kib": ("LONGTAIL_ARGON2_MEMORY_KIB", _positive_int),
     "allowed_origins": ("LONGTAIL_ALLOWED_ORIGINS", _origins),
+    "fault_exit_after_commits": ("LONGTAIL_FAULT_EXIT_AFTER_COMMITS", _non_negative_int),
     "log_level": ("LONGTAIL_LOG_LEVEL", _level),
     "log_format": ("LONGTAIL_LOG_FORMAT", _log_format),
 }

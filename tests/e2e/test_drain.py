@@ -19,7 +19,8 @@ pytestmark = pytest.mark.e2e
 DRAIN_SECONDS = 4.0
 CLIENTS = 6
 MESSAGES = 45
-CLUSTER_ENV = {"LONGTAIL_DRAIN_SECONDS": str(DRAIN_SECONDS)}
+# One sender writes to every client quickly: above the default per-user send rate.
+CLUSTER_ENV = {"LONGTAIL_DRAIN_SECONDS": str(DRAIN_SECONDS), "LONGTAIL_SENDS_PER_MINUTE": "10000"}
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +111,7 @@ async def test_sigterm_moves_every_client_to_the_other_gateways_with_nothing_los
                         break
                     await asyncio.sleep(0.05)
                 else:
-                    raise AssertionError(f"send m{i} never succeeded")
+                    raise AssertionError(f"send m{i} never succeeded: {resp.status} {resp.body}")
             if i == MESSAGES // 3:
                 assert victim.popen is not None
                 victim.popen.send_signal(signal.SIGTERM)
