@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.catchup import Catchup
+from gateway.catchup import PAGE, Catchup
 from gateway.mailbox import Mailbox
 from longtail.wire import Event
 
@@ -44,7 +44,10 @@ class Feed:
                 raise Closed("slow_consumer")
             if mailbox.stale:
                 mailbox.stale = False
-                events = self._advance(await self._catchup.after(self.user_id, self.cursor))
+                fetched = await self._catchup.after(self.user_id, self.cursor)
+                # A full page means there may be more: keep catching up next round.
+                mailbox.stale = len(fetched) >= PAGE
+                events = self._advance(fetched)
             else:
                 events = self._advance(mailbox.take())
             # Ephemeral events (seq 0) follow the durable ones and do not move the cursor.

@@ -8,6 +8,7 @@ resumes from its cursor, rather than growing the gateway's memory.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from longtail.wire import Event
 
@@ -16,7 +17,16 @@ EPHEMERAL_LIMIT = 32
 
 
 class Mailbox:
-    __slots__ = ("_ephemeral", "_events", "_waiter", "closed", "limit", "overflowed", "stale")
+    __slots__ = (
+        "_ephemeral",
+        "_events",
+        "_waiter",
+        "closed",
+        "limit",
+        "on_overflow",
+        "overflowed",
+        "stale",
+    )
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -28,12 +38,21 @@ class Mailbox:
         self.stale = True
         self.overflowed = False
         self.closed: str | None = None
+        # Set by a transport: how to cut its connection at once when the limit is hit.
+        # The writer is then usually stuck in a write the client does not read, and
+        # would only notice the overflow after it.
+        self.on_overflow: Callable[[], None] | None = None
 
     def deliver(self, event: Event) -> None:
-        if len(self._events) >= self.limit:
-            self.overflowed = True
-        else:
+        if self.overflowed:
+            return  # the connection is being cut; it will resume from its cursor
+        if len(self._events) < self.limit:
             self._events.append(event)
+        else:
+            self.overflowed = True
+            self._events.clear()  # the client resumes from its cursor; free them now
+            if self.on_overflow is not None:
+                self.on_overflow()
         self._wake()
 
     def deliver_ephemeral(self, event: Event) -> None:

@@ -35,6 +35,7 @@ class StreamTransport(GatewayHandler):
     transport = "stream"
     content_type = "application/octet-stream"
     feed: Feed | None = None
+    _cut: asyncio.Future[None] | None = None
 
     def cursor_argument(self) -> str | None:
         return self.get_query_argument("cursor", None)
@@ -62,6 +63,7 @@ class StreamTransport(GatewayHandler):
         if cursor is None:
             cursor = await services.catchup.head(user.id)
         self.feed = feed = new_feed(services, user.id, cursor)
+        feed.mailbox.on_overflow = self._cut_slow_consumer
         settings = services.settings
         metrics = services.metrics
         loop = asyncio.get_running_loop()
@@ -76,7 +78,7 @@ class StreamTransport(GatewayHandler):
                 while True:
                     for event in events:
                         self.write(self.frame(event))
-                    await asyncio.wait_for(self.flush(), WRITE_TIMEOUT)
+                    await self._flush_or_cut()
                     metrics.wrote(self.transport, events)
                     wait = next_wait(settings.heartbeat, end - loop.time())
                     if wait <= 0:
@@ -85,15 +87,36 @@ class StreamTransport(GatewayHandler):
                     if not events:
                         self.write(self.control("heartbeat"))
             except Closed as closed:
-                if closed.reason == "gone":
+                if closed.reason in ("gone", "slow_consumer"):  # already cut
                     return
                 reason = closed.reason
-            except (TimeoutError, StreamClosedError):
+            except StreamClosedError:
                 return
         metrics.closed.labels(reason).inc()
         retry_ms = retry_after(reason, settings.drain_spread)
         self.write(self.closing(reason, feed.cursor, retry_ms) + self.epilogue())
         self.finish()
+
+    async def _flush_or_cut(self) -> None:
+        """Wait for the client to take what was written, for WRITE_TIMEOUT at most, or
+        until the connection is cut as a slow consumer (Tornado drops a pending write's
+        future when its connection closes, so the flush alone would never return)."""
+        if self._cut is None:
+            self._cut = asyncio.get_running_loop().create_future()
+        flushed = self.flush()
+        done, _ = await asyncio.wait(
+            {flushed, self._cut}, timeout=WRITE_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+        )
+        if flushed not in done:
+            raise StreamClosedError()
+
+    def _cut_slow_consumer(self) -> None:
+        """The client stopped reading and its mailbox is full: drop the connection now
+        (it resumes from its cursor) instead of holding its backlog in memory."""
+        self.services.metrics.closed.labels("slow_consumer").inc()
+        if self._cut is not None and not self._cut.done():
+            self._cut.set_result(None)
+        self.request.connection.close()  # type: ignore[union-attr]
 
     def on_connection_close(self) -> None:
         if self.feed is not None:

@@ -75,6 +75,7 @@ class EventSocket(WebSocketHandler):
         if cursor is None:
             cursor = await services.catchup.head(self.user.id)
         self.feed = feed = new_feed(services, self.user.id, cursor)
+        feed.mailbox.on_overflow = self._cut_slow_consumer
         metrics = services.metrics
         loop = asyncio.get_running_loop()
         try:
@@ -99,7 +100,7 @@ class EventSocket(WebSocketHandler):
             self.close(CLOSE_BAD_REQUEST, exc.code)
             return
         except Closed as closed:
-            if closed.reason == "gone":
+            if closed.reason in ("gone", "slow_consumer"):  # already cut
                 return
             reason = closed.reason
         except WebSocketClosedError:
@@ -111,6 +112,11 @@ class EventSocket(WebSocketHandler):
                 control_json("close", reason=reason, cursor=feed.cursor, retry_ms=retry_ms)
             )
         self.close(CLOSE_CODES.get(reason, CLOSE_NORMAL), reason)
+
+    def _cut_slow_consumer(self) -> None:
+        """Mailbox full: the client is not reading. Close now; it resumes by cursor."""
+        self.services.metrics.closed.labels("slow_consumer").inc()
+        self.close(CLOSE_CODES["slow_consumer"], "slow_consumer")
 
     def on_message(self, message: str | bytes) -> None:
         """Clients send nothing on this socket; commands go through the REST API."""

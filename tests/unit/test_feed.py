@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from gateway.catchup import PAGE
 from gateway.feed import Closed, Feed
 from gateway.mailbox import Mailbox
 from longtail.wire import Event
@@ -94,3 +95,20 @@ async def test_close_wakes_a_waiting_feed():
     asyncio.get_running_loop().call_later(0.05, f.mailbox.close, "gone")
     with pytest.raises(Closed, match="gone"):
         await f.next(10)
+
+
+async def test_a_long_catch_up_comes_in_pages_until_it_is_done():
+    storage = PagedStorage(upto=1200)
+    f = feed(0, storage)
+    got: list[int] = []
+    while len(got) < 1200:
+        batch = await f.next(0)
+        assert batch, "every round makes progress"
+        got += [e.seq for e in batch]
+    assert got == list(range(1, 1201)) and storage.reads == [0, 500, 1000]
+
+
+class PagedStorage(Storage):
+    async def after(self, user_id: int, cursor: int) -> list[Event]:
+        self.reads.append(cursor)
+        return [ev(s) for s in range(cursor + 1, min(self.upto, cursor + PAGE) + 1)]
