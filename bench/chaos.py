@@ -304,11 +304,13 @@ async def run_chaos(cfg: ChaosConfig, workdir: Path) -> ChaosReport:
     env["LONGTAIL_FAULT_EXIT_AFTER_COMMITS"] = str(cfg.receivers * (2 + cfg.messages // 3))
     env["LONGTAIL_SENDS_PER_MINUTE"] = "100000"
     env["LONGTAIL_DRAIN_SECONDS"] = "2"
-    migrate = subprocess.run(
-        ["longtail", "migrate"], env=env, capture_output=True, text=True, timeout=120
+    # Async: the database proxy runs on this event loop and must keep serving meanwhile.
+    migrate = await asyncio.create_subprocess_exec(
+        "longtail", "migrate", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
+    output, _ = await asyncio.wait_for(migrate.communicate(), 120)
     if migrate.returncode:
-        raise RuntimeError(migrate.stderr)
+        raise RuntimeError(output.decode(errors="replace"))
     cluster = Cluster.build(workdir, env, gateways=3)
     nginx: Nginx | None = None
     done = asyncio.Event()

@@ -34,7 +34,7 @@ CLOSE_BAD_REQUEST = 4400
 CLOSE_CODES = {
     "max_age": CLOSE_NORMAL,
     "draining": 1012,  # service restart: come back (to another gateway)
-    "slow_consumer": 1013,  # try again later
+    "slow_consumer": 1013,  # try again later (also: a dependency is unavailable)
 }
 
 
@@ -97,7 +97,11 @@ class EventSocket(WebSocketHandler):
                         await self.write_message(control_json("heartbeat"))
             reason = "max_age"
         except ApiError as exc:
-            self.close(CLOSE_BAD_REQUEST, exc.code)
+            # The client's mistake (cursor_ahead) or ours (chatcore unavailable): only
+            # the latter is worth retrying as is.
+            self.close(
+                CLOSE_BAD_REQUEST if exc.status < 500 else CLOSE_CODES["slow_consumer"], exc.code
+            )
             return
         except Closed as closed:
             if closed.reason in ("gone", "slow_consumer"):  # already cut
