@@ -29,12 +29,13 @@ from longtail.errors import ApiError
 log = logging.getLogger("longtail.gateway.ws")
 
 CLOSE_NORMAL = 1000
+CLOSE_TRY_AGAIN = 1013
 CLOSE_BAD_REQUEST = 4400
 # Why the server ended a healthy socket; in every case the client resumes by cursor.
 CLOSE_CODES = {
     "max_age": CLOSE_NORMAL,
     "draining": 1012,  # service restart: come back (to another gateway)
-    "slow_consumer": 1013,  # try again later (also: a dependency is unavailable)
+    "slow_consumer": CLOSE_TRY_AGAIN,
 }
 
 
@@ -99,9 +100,7 @@ class EventSocket(WebSocketHandler):
         except ApiError as exc:
             # The client's mistake (cursor_ahead) or ours (chatcore unavailable): only
             # the latter is worth retrying as is.
-            self.close(
-                CLOSE_BAD_REQUEST if exc.status < 500 else CLOSE_CODES["slow_consumer"], exc.code
-            )
+            self.close(CLOSE_BAD_REQUEST if exc.status < 500 else CLOSE_TRY_AGAIN, exc.code)
             return
         except Closed as closed:
             if closed.reason in ("gone", "slow_consumer"):  # already cut
