@@ -118,7 +118,14 @@ function renderFriends() {
   const { friends, incoming, outgoing } = state.friends;
   $("friends").replaceChildren(
     ...friends.map((friend) => {
-      const item = row([dot(state.online.has(friend.id)), text("span", friend.username)]);
+      const remove = button("×", async (click) => {
+        click.stopPropagation();
+        if (confirm(`Remove ${friend.username} from your friends?`)) {
+          await friendAction("DELETE", `/api/friends/${friend.id}`);
+        }
+      }, "link remove");
+      remove.setAttribute("aria-label", `Remove ${friend.username}`);
+      const item = row([dot(state.online.has(friend.id)), text("span", friend.username), remove]);
       item.classList.add("clickable");
       item.dataset.user = friend.id;
       item.tabIndex = 0;

@@ -171,6 +171,12 @@ async def test_two_people_chat_and_a_third_joins_a_room(browser, nginx: Nginx, t
     await second.message("after the leader left").wait_for()
     assert await second.message("to both tabs").count() == 1
 
+    # Carol removes alice: both friend lists drop each other, live.
+    carol.page.once("dialog", lambda dialog: dialog.accept())
+    await carol.friend(alice).get_by_role("button", name=f"Remove {alice.name}").click()
+    await carol.friend(alice).wait_for(state="detached")
+    await alice.friend(carol).wait_for(state="detached")
+
 
 async def test_phone_width_shows_one_pane_at_a_time(browser, nginx: Nginx):
     context = await browser.new_context(viewport={"width": 390, "height": 800})
