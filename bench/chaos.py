@@ -318,9 +318,7 @@ async def run_chaos(cfg: ChaosConfig, workdir: Path) -> ChaosReport:
         await cluster.start()
         nginx = Nginx(workdir, cluster.urls, free_port())
         nginx.start()
-        await cluster.wait_ready(
-            Proc("nginx", [], {}, workdir / "stderr.log", nginx.url, "/readyz", nginx.popen)
-        )
+        await nginx.wait_ready(cluster)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
             report = await _traffic(http, nginx.url, cluster, redis, db_proxy, cfg, report, done)
     finally:

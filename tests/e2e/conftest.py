@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -14,7 +15,9 @@ from sqlalchemy import text
 from chatcore.db import Database
 from longtail.dev import start_embedded_redis
 from tests.backends import REAL_DATABASE_URL, REAL_REDIS_URL, TABLES
-from tests.e2e.cluster import Cluster, base_env
+from tests.e2e.browser import CHROMIUM_ARGS, chromium_path
+from tests.e2e.cluster import Cluster, base_env, free_port
+from tests.e2e.nginx import Nginx
 
 pytestmark = pytest.mark.e2e
 
@@ -64,3 +67,32 @@ def cluster(
         yield procs
     finally:
         procs.stop()
+
+
+@pytest.fixture(scope="module")
+def nginx(request: pytest.FixtureRequest, cluster: Cluster, e2e_workdir: Path) -> Iterator[Nginx]:
+    """deploy/nginx.conf in front of the module's gateways (NGINX_GATEWAYS: how many)."""
+    count = getattr(request.module, "NGINX_GATEWAYS", len(cluster.gateways))
+    workdir = e2e_workdir / "nginx"
+    workdir.mkdir(exist_ok=True)
+    proxy = Nginx(workdir, cluster.urls[:count], free_port())
+    checked = proxy.check()
+    assert checked.returncode == 0, checked.stderr
+    proxy.start()
+    try:
+        asyncio.run(proxy.wait_ready(cluster))
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    """Debian's Chromium through Playwright (never a downloaded browser)."""
+    from playwright.async_api import async_playwright
+
+    executable = chromium_path()
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield chromium
+        await chromium.close()

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.cluster import Cluster, Proc
+
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "nginx.conf"
 
 
@@ -70,6 +72,13 @@ class Nginx:
         (self.workdir / "logs").mkdir(exist_ok=True)
         with (self.workdir / "stderr.log").open("wb") as err:
             self.popen = subprocess.Popen(self.args(), stdout=subprocess.DEVNULL, stderr=err)
+
+    async def wait_ready(self, cluster: Cluster) -> None:
+        """Until nginx answers /readyz from a gateway behind it."""
+        assert self.popen is not None
+        await cluster.wait_ready(
+            Proc("nginx", [], {}, self.workdir / "stderr.log", self.url, "/readyz", self.popen)
+        )
 
     def stop(self) -> None:
         if self.popen is not None and self.popen.poll() is None:

@@ -3,31 +3,19 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from tests.buffering_proxy import BufferingProxy
 from tests.client import Client, messages
-from tests.e2e.browser import CHROMIUM_ARGS, BrowserUser, chromium_path
+from tests.e2e.browser import BrowserUser
 from tests.e2e.cluster import Cluster
 
 pytestmark = pytest.mark.e2e
 
 HOSTILE = "</script><script>alert(1)</script><img src=x onerror=alert(2)> \"q\" 'q' \\\n\u2028 é 👋"
 PASSWORD = "browser-password"
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    from playwright.async_api import async_playwright
-
-    executable = chromium_path()
-    async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        yield chromium
-        await chromium.close()
 
 
 @pytest.fixture

@@ -7,52 +7,24 @@ that holds the browser's push connection hands it to another tab, losing nothing
 
 from __future__ import annotations
 
-import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.browser import CHROMIUM_ARGS, chromium_path
-from tests.e2e.cluster import Cluster, Proc, free_port
 from tests.e2e.nginx import Nginx
 
 pytestmark = pytest.mark.e2e
+
+# "Two gateways behind a real nginx", as the issue asks.
+NGINX_GATEWAYS = 2
 
 # docs/chat.png (shown in the README) is refreshed with LONGTAIL_UPDATE_SCREENSHOT=1.
 DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "chat.png"
 PASSWORD = "a long password"
 HOSTILE = '<img src=x onerror="window.pwned=1"> see https://example.org/a?b=1 <b>bold</b>'
-
-
-@pytest.fixture(scope="module")
-def nginx(cluster: Cluster, e2e_workdir) -> Iterator[Nginx]:
-    workdir = e2e_workdir / "nginx-ui"
-    workdir.mkdir()
-    proxy = Nginx(workdir, cluster.urls[:2], free_port())
-    proxy.start()
-    assert proxy.popen is not None
-    asyncio.run(
-        cluster.wait_ready(
-            Proc("nginx", [], {}, workdir / "stderr.log", proxy.url, "/readyz", proxy.popen)
-        )
-    )
-    yield proxy
-    proxy.stop()
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    from playwright.async_api import async_playwright
-
-    executable = chromium_path()
-    async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        yield chromium
-        await chromium.close()
 
 
 class Person:

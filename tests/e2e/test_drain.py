@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import signal
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
 from tests.client import Client
-from tests.e2e.cluster import Cluster, Proc, free_port
+from tests.e2e.cluster import Cluster, Proc
 from tests.e2e.nginx import Nginx
 from tests.streams import read_stream
 
@@ -21,22 +20,6 @@ CLIENTS = 6
 MESSAGES = 45
 # One sender writes to every client quickly: above the default per-user send rate.
 CLUSTER_ENV = {"LONGTAIL_DRAIN_SECONDS": str(DRAIN_SECONDS), "LONGTAIL_SENDS_PER_MINUTE": "10000"}
-
-
-@pytest.fixture(scope="module")
-def nginx(cluster: Cluster, e2e_workdir) -> Iterator[Nginx]:
-    workdir = e2e_workdir / "nginx-drain"
-    workdir.mkdir()
-    proxy = Nginx(workdir, cluster.urls, free_port())
-    proxy.start()
-    assert proxy.popen is not None
-    asyncio.run(
-        cluster.wait_ready(
-            Proc("nginx", [], {}, workdir / "stderr.log", proxy.url, "/readyz", proxy.popen)
-        )
-    )
-    yield proxy
-    proxy.stop()
 
 
 async def exit_time(proc: Proc, since: float) -> tuple[int, float]:

@@ -4,34 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
 from tests.client import Client, messages
-from tests.e2e.cluster import Cluster, Proc, free_port
 from tests.e2e.nginx import Nginx
 from tests.streams import count, read_stream, read_ws
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def nginx(cluster: Cluster, e2e_workdir) -> Iterator[Nginx]:
-    workdir = e2e_workdir / "nginx"
-    workdir.mkdir()
-    proxy = Nginx(workdir, cluster.urls, free_port())
-    checked = proxy.check()
-    assert checked.returncode == 0, checked.stderr
-    proxy.start()
-    assert proxy.popen is not None
-    asyncio.run(
-        cluster.wait_ready(
-            Proc("nginx", [], {}, workdir / "stderr.log", proxy.url, "/readyz", proxy.popen)
-        )
-    )
-    yield proxy
-    proxy.stop()
 
 
 @pytest.fixture
