@@ -61,6 +61,7 @@ class Chatcore:
         if self.server is not None:
             self.server.stop()
             await self.server.close_all_connections()
+        await self.chat.wait_idle(5.0)
         await self.chat.publisher.stop()
         await self.redis.aclose()
         await self.db.close()

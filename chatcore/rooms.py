@@ -13,7 +13,7 @@ from chatcore.eventlog import Delivery, append
 from chatcore.messaging import require_member
 from chatcore.models import Conversation, Member, User
 from longtail.errors import ApiError, bad_request
-from longtail.validate import field_int, field_str
+from longtail.validate import field_int, field_str, is_id
 
 MAX_MEMBERS = 100
 MAX_NAME = 64
@@ -43,9 +43,7 @@ async def create(
     if not name:
         raise bad_request("A room needs a name.", "invalid_field")
     invited = body.get("members", [])
-    if not isinstance(invited, list) or not all(
-        isinstance(u, int) and not isinstance(u, bool) for u in invited
-    ):
+    if not isinstance(invited, list) or not all(is_id(u) for u in invited):
         raise bad_request("'members' must be a list of user ids.", "invalid_field")
     invited = sorted(set(invited) - {user_id})
     if len(invited) + 1 > MAX_MEMBERS:

@@ -6,6 +6,7 @@ are published only after commit (see chatcore.outbox for the crash-safety half).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -77,6 +78,7 @@ class Chat:
         self.sessions = Sessions(redis, keys, settings.session_ttl)
         self.publisher = Publisher(db, redis, keys, settings.buffer_size, settings.buffer_ttl)
         self._commits = 0
+        self._busy = 0  # database work under way, waited for at shutdown
 
     async def _write(
         self, work: Callable[[AsyncSession], Awaitable[tuple[T, list[Delivery]]]]
@@ -88,7 +90,7 @@ class Chat:
         """
         for attempt in (1, 2):
             try:
-                async with database_errors(), self.db.transaction() as tx:
+                async with self._working(), database_errors(), self.db.transaction() as tx:
                     result, deliveries = await work(tx)
                 break
             except IntegrityError:
@@ -106,8 +108,24 @@ class Chat:
         return result
 
     async def _read(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-        async with database_errors(), self.db.transaction() as tx:
+        async with self._working(), database_errors(), self.db.transaction() as tx:
             return await work(tx)
+
+    @asynccontextmanager
+    async def _working(self) -> AsyncIterator[None]:
+        self._busy += 1
+        try:
+            yield
+        finally:
+            self._busy -= 1
+
+    async def wait_idle(self, timeout: float) -> None:
+        """Until no request is using the database (or `timeout`): shutdown closes the
+        engine after this, so no transaction is cut mid-way."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._busy and loop.time() < deadline:
+            await asyncio.sleep(0.01)
 
     async def register(self, body: dict[str, Any]) -> dict[str, Any]:
         async def work(tx: AsyncSession) -> tuple[dict[str, Any], list[Delivery]]:

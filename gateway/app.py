@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from tornado.netutil import bind_sockets
 
 from gateway import api
 from gateway.auth import Authenticator
-from gateway.base import DRAIN_LIMIT, Services
+from gateway.base import DRAIN_LIMIT, Services, redact_uri
 from gateway.catchup import Catchup
 from gateway.chatcore_client import ChatcoreClient
 from gateway.health import Healthz, Metrics, Readyz
@@ -44,9 +43,6 @@ ID = r"(\d{1,18})"
 STATIC = str(Path(__file__).with_name("static"))
 
 
-TOKEN_PARAM = re.compile(r"([?&]token=)[^&]*")
-
-
 def log_request(handler: tornado.web.RequestHandler) -> None:
     """Tornado's access log line, minus session tokens passed in URLs (script/iframe)."""
     status = handler.get_status()
@@ -54,12 +50,11 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     if status >= 500:
         log_method = access_log.error
     request = handler.request
-    uri = TOKEN_PARAM.sub(r"\1[redacted]", request.uri or "")
     log_method(
         "%d %s %s (%s) %.2fms",
         status,
         request.method,
-        uri,
+        redact_uri(request.uri or ""),
         request.remote_ip,
         1000.0 * request.request_time(),
     )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote_plus
 
 import tornado.web
 
@@ -38,6 +40,8 @@ class Services:
     draining: bool = False
 
 
+log = logging.getLogger("longtail.gateway")
+
 # Piggyback: a client that sends its cursor here gets its missed events with any answer.
 PIGGYBACK_HEADER = "X-Longtail-Cursor"
 
@@ -45,6 +49,24 @@ PIGGYBACK_HEADER = "X-Longtail-Cursor"
 # gets its 413; a client that stops reading its response while still uploading (most
 # do) would otherwise see only a connection reset. Larger ones are cut off by Tornado.
 DRAIN_LIMIT = 16 * 1024 * 1024
+
+
+def redact_uri(uri: str) -> str:
+    """The URI with the value of any `token` parameter (however it is percent-encoded)
+    replaced, for logs."""
+    path, sep, query = uri.partition("?")
+    if not sep:
+        return uri
+    parts = []
+    for pair in query.split("&"):
+        name, eq, _ = pair.partition("=")
+        parts.append(f"{name}=[redacted]" if eq and unquote_plus(name) == "token" else pair)
+    return f"{path}?{'&'.join(parts)}"
+
+
+# Writes must not come from a cross-site form: those always carry one of these types
+# (or text/plain), never application/json, which needs a CORS preflight we never grant.
+JSON_TYPE = "application/json"
 
 
 @tornado.web.stream_request_body
@@ -78,8 +100,7 @@ class GatewayHandler(JsonHandler):
             raise ApiError(413, "body_too_large", f"The request body is over {limit} bytes.")
         # Cookie-authenticated writes must be JSON: a cross-site HTML form cannot send
         # application/json without a CORS preflight, which we never grant (CSRF).
-        content_type = self.request.headers.get("Content-Type", "")
-        if content_type.split(";")[0].strip().lower() != "application/json":
+        if _media_type(self.request.headers.get("Content-Type", "")) != JSON_TYPE:
             raise ApiError(415, "unsupported_media_type", "Send the body as application/json.")
         self.request.body = b"".join(self._chunks)
         return super().json_body()
@@ -115,3 +136,7 @@ class GatewayHandler(JsonHandler):
             raw = b'{"piggyback":%s%s%s' % (extra, b"" if rest.startswith(b"}") else b",", rest)
         self.set_status(status)
         self.finish(raw)
+
+
+def _media_type(content_type: str) -> str:
+    return content_type.split(";")[0].strip().lower()

@@ -67,6 +67,7 @@ class ChatcoreClient:
                 method, self._base + path, json=body, params=params, headers=request_headers()
             ) as resp:
                 status, raw = resp.status, await resp.read()
+                retry_after = resp.headers.get("Retry-After")
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             log.warning("chatcore %s failed: %s", route, exc or type(exc).__name__)
             self._count_error(route)
@@ -76,7 +77,10 @@ class ChatcoreClient:
         if status >= 500:
             self._count_error(route)
         if status >= 400:
-            raise _relayed(status, raw)
+            error = _relayed(status, raw)
+            if retry_after is not None:
+                error.headers["Retry-After"] = retry_after
+            raise error
         return status, raw
 
     def _count_error(self, route: str) -> None:

@@ -12,7 +12,8 @@ def parse_cursor(raw: str | None) -> int | None:
     """A cursor is the last seq the client has (0 for none yet); absent means 'now'."""
     if raw is None or raw == "":
         return None
-    if not raw.isdigit() or len(raw) > 18:
+    # isascii: str.isdigit also accepts digits such as "²" that int() refuses.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise bad_request(
             f"The cursor must be a non-negative integer, not {raw[:40]!r}.", "invalid_cursor"
         )

@@ -29,6 +29,10 @@ def begin_request(incoming: str | None) -> str:
     return request_id
 
 
+def current_request_id() -> str | None:
+    return _request_id.get()
+
+
 def request_headers() -> dict[str, str]:
     """Headers that carry the current request id on to another service."""
     request_id = _request_id.get()

@@ -6,6 +6,14 @@ from typing import Any
 
 from longtail.errors import bad_request
 
+# Ids and cursors are 64-bit in the database; anything larger cannot name anything.
+MAX_ID = 2**63 - 1
+
+
+def is_id(value: Any) -> bool:
+    """A JSON integer that can be an id (bool is an int in Python, but `true` is not)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ID
+
 
 def field_str(body: dict[str, Any], name: str, *, max_len: int | None = None) -> str:
     value = body.get(name)
@@ -15,17 +23,28 @@ def field_str(body: dict[str, Any], name: str, *, max_len: int | None = None) ->
         raise bad_request(f"'{name}' must be a string.", "invalid_field")
     if max_len is not None and len(value) > max_len:
         raise bad_request(f"'{name}' must be at most {max_len} characters.", "invalid_field")
+    # JSON may spell a lone surrogate (\ud800) that no UTF-8 text can hold, and NUL,
+    # which PostgreSQL text refuses: both are refused here rather than failing later.
+    if "\x00" in value or (not value.isascii() and _has_surrogate(value)):
+        raise bad_request(f"'{name}' contains characters that are not allowed.", "invalid_field")
     return value
+
+
+def _has_surrogate(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def field_int(body: dict[str, Any], name: str) -> int:
     value = body.get(name)
     if value is None:
         raise bad_request(f"'{name}' is required.", "missing_field")
-    # bool is an int in Python, but `true` is not a user id.
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise bad_request(f"'{name}' must be a non-negative integer.", "invalid_field")
-    return value
+    if not is_id(value):
+        raise bad_request(f"'{name}' must be a non-negative 64-bit integer.", "invalid_field")
+    return int(value)
 
 
 def query_int(
@@ -34,11 +53,15 @@ def query_int(
     """Parse an integer query parameter, or return `default` when it is absent."""
     if raw is None or raw == "":
         return default
+    invalid = bad_request(f"'{name}' must be an integer.", f"invalid_{name}")
+    if not raw.isascii():  # int() takes other scripts' digits; ids are ASCII
+        raise invalid
     try:
         value = int(raw)
     except ValueError:
-        raise bad_request(f"'{name}' must be an integer.", f"invalid_{name}") from None
-    if value < low or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise invalid from None
+    high = MAX_ID if high is None else high
+    if value < low or value > high:
+        bound = f"between {low} and {high}"
         raise bad_request(f"'{name}' must be {bound}.", f"invalid_{name}")
     return value

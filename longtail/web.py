@@ -9,6 +9,7 @@ from typing import Any
 import tornado.web
 
 from longtail.errors import ApiError, bad_request
+from longtail.logs import REQUEST_ID_HEADER, current_request_id
 
 log = logging.getLogger("longtail.web")
 
@@ -80,6 +81,10 @@ class JsonHandler(tornado.web.RequestHandler):
                 }
             }
         self.set_header("Content-Type", "application/json; charset=utf-8")
+        # send_error cleared the headers set so far; the request id must survive.
+        request_id = current_request_id()
+        if request_id:
+            self.set_header(REQUEST_ID_HEADER, request_id)
         self.finish(json.dumps(payload, separators=(",", ":")))
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:

@@ -51,6 +51,10 @@ class EventSocket(WebSocketHandler):
     async def prepare(self) -> None:
         try:
             self.user = await self.services.auth.user(request_token(self.request))
+            if self.request.headers.get("Upgrade", "").lower() != "websocket":
+                raise ApiError(
+                    400, "websocket_required", "This endpoint speaks WebSocket: send an Upgrade."
+                )
             self.cursor = parse_cursor(self.get_query_argument("cursor", None))
             # Refuse before the upgrade, as a plain 429/503, when a limit is reached.
             self.services.connections.check(self.user.id, self.request.remote_ip or "")
