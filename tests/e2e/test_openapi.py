@@ -572,14 +572,9 @@ def test_the_document_is_valid_openapi() -> None:
     assert len(ids) == len(set(ids))
 
 
-# -- a product bug this test found --------------------------------------------------------
+# -- error answers keep the request id (this test found them losing it) ---------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="error answers lose X-Request-ID: Tornado's send_error() clears the headers "
-    "GatewayHandler.prepare() set (docs/configuration.md says the id is echoed)",
-)
 async def test_error_answers_echo_the_request_id(world: World) -> None:
     resp = await world.user.request(
         "GET", "/api/events?cursor=x", headers={"X-Request-ID": "trace-1"}
