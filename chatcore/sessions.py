@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from chatcore.models import Session, User, utcnow
 from longtail.errors import ApiError
-from longtail.wire import Keys
+from longtail.wire import Keys, revoked_message
 
 log = logging.getLogger("longtail.chatcore.sessions")
 
@@ -73,10 +73,20 @@ class Sessions:
 
     async def revoke(self, tx: AsyncSession, token: str) -> None:
         digest = token_hash(token)
-        await tx.execute(delete(Session).where(Session.token_hash == digest))
+        user_id = (
+            await tx.execute(
+                delete(Session).where(Session.token_hash == digest).returning(Session.user_id)
+            )
+        ).scalar_one_or_none()
         # Deleted from the cache even if the row was already gone; a failure here must
         # fail the logout, or the token would keep working on the gateways.
         await self._redis.delete(self._keys.session(digest))
+        if user_id is not None:
+            # Connections this session holds open end now, on every gateway.
+            try:
+                await self._redis.publish(self._keys.channel(user_id), revoked_message(digest))
+            except RedisError as exc:
+                log.warning("could not announce a logout (streams end at their max age): %s", exc)
 
     async def _cache(self, digest: str, user_id: int, username: str, ttl: int) -> None:
         if ttl <= 0:

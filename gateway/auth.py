@@ -28,6 +28,8 @@ COOKIE = "longtail_session"
 class User:
     id: int
     username: str
+    # SHA-256 of the token it came with: a logout closes this session's connections.
+    session: str = ""
 
 
 def request_token(request: HTTPServerRequest) -> str | None:
@@ -62,4 +64,4 @@ class Authenticator:
                 "POST", "/internal/sessions/verify", body={"token": token}
             )
         )
-        return User(int(data["id"]), str(data["username"]))
+        return User(int(data["id"]), str(data["username"]), digest)

@@ -27,7 +27,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from gateway.mailbox import Mailbox
-from longtail.wire import EPHEMERAL, Event, Keys
+from longtail.wire import EPHEMERAL, REVOKED, Event, Keys
 
 log = logging.getLogger("longtail.gateway.hub")
 
@@ -247,6 +247,12 @@ class Hub:
             if channel is None:
                 return  # the control channel's ping, or a channel we just left
             data: bytes = message["data"]
+            if data.startswith(REVOKED):
+                session = data[len(REVOKED) :].decode()
+                for mailbox in channel.mailboxes:
+                    if mailbox.session == session:
+                        mailbox.close("logged_out")
+                return
             if data.startswith(EPHEMERAL):
                 ephemeral = Event(0, data[len(EPHEMERAL) :])
                 for mailbox in channel.mailboxes:

@@ -25,11 +25,13 @@ class Mailbox:
         "limit",
         "on_overflow",
         "overflowed",
+        "session",
         "stale",
     )
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, session: str = "") -> None:
         self.limit = limit
+        self.session = session  # the login it was opened with (see Hub: revocations)
         self._events: list[Event] = []
         self._ephemeral: list[Event] = []
         self._waiter: asyncio.Future[None] | None = None

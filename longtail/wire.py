@@ -55,6 +55,15 @@ def ephemeral_message(data: bytes) -> bytes:
     return EPHEMERAL + data
 
 
+# A logout, as `x:<session hash>` on the user's channel: every gateway closes the held
+# connections that session opened (other sessions of the same user stay).
+REVOKED = b"x:"
+
+
+def revoked_message(session: str) -> bytes:
+    return REVOKED + session.encode()
+
+
 @dataclass(frozen=True)
 class Keys:
     """Names of everything Longtail keeps in Redis, under one configurable prefix."""

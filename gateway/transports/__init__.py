@@ -10,14 +10,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from gateway.auth import User
 from gateway.base import Services
 from gateway.feed import Feed
 from gateway.mailbox import Mailbox
 from gateway.metrics import POLLS
 
 
-def new_feed(services: Services, user_id: int, cursor: int) -> Feed:
-    return Feed(user_id, cursor, Mailbox(services.settings.mailbox_size), services.catchup)
+def new_feed(services: Services, user: User, cursor: int) -> Feed:
+    mailbox = Mailbox(services.settings.mailbox_size, user.session)
+    return Feed(user.id, cursor, mailbox, services.catchup)
 
 
 @asynccontextmanager

@@ -34,14 +34,15 @@ class LongPoll(GatewayHandler):
         services = self.services
         if cursor is None:
             return [], await services.catchup.head(user.id)
-        self.feed = feed = new_feed(services, user.id, cursor)
+        self.feed = feed = new_feed(services, user, cursor)
         async with held(services, self.transport, feed, self.request.remote_ip or ""):
             try:
                 events = await feed.next(timeout)
             except Closed as closed:
                 if closed.reason == "gone":
                     return None
-                # Draining: answer now with the cursor; the next poll goes elsewhere.
+                # Draining (the next poll goes elsewhere) or logged out (it gets a 401):
+                # answer now, with the cursor.
                 services.metrics.closed.labels(closed.reason).inc()
                 events = []
         services.metrics.wrote(self.transport, events)

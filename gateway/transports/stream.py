@@ -62,7 +62,7 @@ class StreamTransport(GatewayHandler):
         cursor = parse_cursor(self.cursor_argument())
         if cursor is None:
             cursor = await services.catchup.head(user.id)
-        self.feed = feed = new_feed(services, user.id, cursor)
+        self.feed = feed = new_feed(services, user, cursor)
         feed.mailbox.on_overflow = self._cut_slow_consumer
         settings = services.settings
         metrics = services.metrics

@@ -36,6 +36,7 @@ CLOSE_CODES = {
     "max_age": CLOSE_NORMAL,
     "draining": 1012,  # service restart: come back (to another gateway)
     "slow_consumer": CLOSE_TRY_AGAIN,
+    "logged_out": 4401,  # the session ended: log in again
 }
 
 
@@ -79,7 +80,7 @@ class EventSocket(WebSocketHandler):
         cursor = self.cursor
         if cursor is None:
             cursor = await services.catchup.head(self.user.id)
-        self.feed = feed = new_feed(services, self.user.id, cursor)
+        self.feed = feed = new_feed(services, self.user, cursor)
         feed.mailbox.on_overflow = self._cut_slow_consumer
         metrics = services.metrics
         loop = asyncio.get_running_loop()
