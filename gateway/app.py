@@ -60,12 +60,23 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     )
 
 
+PAGE_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; frame-src 'self'; frame-ancestors 'self'; base-uri 'none'; "
+    "form-action 'self'; object-src 'none'"
+)
+
+
 class StaticFiles(tornado.web.StaticFileHandler):
     """The browser client and pages; revalidated on each load (they change with deploys)."""
 
     def set_extra_headers(self, path: str) -> None:
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Content-Type-Options", "nosniff")
+        # The pages load only their own files and cannot be framed by other sites; the
+        # iframe transport frames our own origin, JSONP loads our own scripts.
+        self.set_header("Content-Security-Policy", PAGE_POLICY)
+        self.set_header("X-Frame-Options", "SAMEORIGIN")
 
 
 def command_pool(url: str) -> BlockingConnectionPool:
@@ -114,7 +125,11 @@ def make_app(services: Services) -> tornado.web.Application:
     ]
     heartbeat = services.settings.heartbeat
     static: list[Any] = [
-        (r"/(longtail\.js|tabs\.js|app\.js|app\.css|console\.html)", StaticFiles, {"path": STATIC}),
+        (
+            r"/(longtail\.js|tabs\.js|app\.js|app\.css|console\.html|console\.js)",
+            StaticFiles,
+            {"path": STATIC},
+        ),
         (r"/()", StaticFiles, {"path": STATIC, "default_filename": "index.html"}),
     ]
     return tornado.web.Application(
