@@ -41,15 +41,15 @@ from tests.e2e.nginx import Nginx
 from tests.proxy import FaultyProxy
 from tests.streams import read_stream
 
-TRANSPORTS = ("longpoll", "sse", "websocket", "xhr")
+TRANSPORTS = ("longpoll", "sse", "websocket", "xhr", "jsonp", "multipart", "iframe")
 FAULTS = ("kill-gateway", "restart-redis", "kill-gateway", "database-outage", "kill-gateway")
 SENDERS = 4
 
 
 @dataclass
 class ChaosConfig:
-    receivers: int = 12
-    messages: int = 12  # per receiver
+    receivers: int = 14  # two per transport
+    messages: int = 10  # per receiver
     send_gap: float = 0.02  # seconds between sends of one sender
     fault_gap: float = 1.5  # seconds between faults
     database_url: str | None = None  # PostgreSQL (through a cuttable proxy); else SQLite
@@ -204,11 +204,25 @@ async def _websocket(r: Receiver, http: aiohttp.ClientSession, expected: int) ->
                 return
 
 
+async def _jsonp(r: Receiver, http: aiohttp.ClientSession, expected: int) -> None:
+    url = r.base + f"/api/events/jsonp?callback=cb&cursor={r.cursor}&timeout=5"
+    async with http.get(
+        url, params={"token": r.client.token or ""}, timeout=aiohttp.ClientTimeout(total=15)
+    ) as resp:
+        body = await resp.read()
+    if resp.status != 200 or not body.startswith(b"/**/cb("):
+        raise RuntimeError(resp.status)
+    r.take(json.loads(body[len(b"/**/cb(") : -2])["events"])
+
+
 READERS: dict[str, Any] = {
     "longpoll": _longpoll,
     "sse": _stream("sse", "/api/events/stream"),
     "websocket": _websocket,
     "xhr": _stream("xhr", "/api/events/xhr"),
+    "jsonp": _jsonp,
+    "multipart": _stream("multipart", "/api/events/multipart"),
+    "iframe": _stream("iframe", "/api/events/iframe"),
 }
 
 
@@ -415,8 +429,8 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--receivers", type=int, default=40)
-    parser.add_argument("--messages", type=int, default=30, help="per receiver")
+    parser.add_argument("--receivers", type=int, default=210, help="clients (30 per transport)")
+    parser.add_argument("--messages", type=int, default=15, help="per receiver")
     parser.add_argument("--fault-gap", type=float, default=3.0)
     parser.add_argument(
         "--database-url",
