@@ -12,7 +12,7 @@ from gateway.auth import COOKIE, request_token
 from gateway.base import GatewayHandler
 from gateway.limits import Rate
 from longtail.errors import ApiError
-from longtail.validate import query_int
+from longtail.validate import field_str, query_int
 
 
 class Register(GatewayHandler):
@@ -25,8 +25,9 @@ class Login(GatewayHandler):
         body = self.json_body()
         # Password guessing: attempts are limited per account and per address.
         settings, rates = self.services.settings, self.services.rates
-        username = body.get("username")
-        if isinstance(username, str):
+        # Validated before it names a Redis key; chatcore checks the rest.
+        username = field_str(body, "username", max_len=64)
+        if username:
             await rates.hit(
                 Rate("login_attempts", settings.logins_per_15min, 900), username.casefold()[:64]
             )

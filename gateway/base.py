@@ -64,8 +64,9 @@ def redact_uri(uri: str) -> str:
     return f"{path}?{'&'.join(parts)}"
 
 
-# Writes must not come from a cross-site form: those always carry one of these types
-# (or text/plain), never application/json, which needs a CORS preflight we never grant.
+# Writes must not come from a cross-site form: a form (or any request a page may send
+# without a CORS preflight, which we never grant) can only carry these body types.
+FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"})
 JSON_TYPE = "application/json"
 
 
@@ -89,6 +90,18 @@ class GatewayHandler(JsonHandler):
             REQUEST_ID_HEADER, begin_request(self.request.headers.get(REQUEST_ID_HEADER))
         )
 
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, ApiError):
+            super().log_exception(typ, value, tb)
+            return
+        # Tornado's own line would include the URI, and with it a ?token=.
+        log.error(
+            "Uncaught exception %s %s",
+            self.request.method,
+            redact_uri(self.request.uri or ""),
+            exc_info=(typ, value, tb),
+        )
+
     def data_received(self, chunk: bytes) -> None:
         self._size += len(chunk)
         if self._size <= self.services.settings.max_request_bytes:
@@ -109,11 +122,22 @@ class GatewayHandler(JsonHandler):
         token = request_token(self.request)
         if token is None and self.query_token:
             token = self.get_query_argument("token", None)
+        self.refuse_forms()
         user = await self.services.auth.user(token)
         # Checked before the request does anything, so a bad header changes nothing.
         self._piggyback = parse_cursor(self.request.headers.get(PIGGYBACK_HEADER))
         self._user = user
         return user
+
+    def refuse_forms(self) -> None:
+        """CSRF: a write whose body type is not JSON is refused, whether or not the
+        handler reads a body (logout and leaving a room have none). Checked once the
+        body is in, so even a client still uploading gets the 415."""
+        if self.request.method in ("GET", "HEAD", "OPTIONS"):
+            return
+        content_type = self.request.headers.get("Content-Type")
+        if content_type is not None and _media_type(content_type) in FORM_TYPES:
+            raise ApiError(415, "unsupported_media_type", "Send the body as application/json.")
 
     async def relay(
         self, method: str, path: str, *, body: Any = None, params: dict[str, Any] | None = None

@@ -57,7 +57,7 @@ class JsonHandler(tornado.web.RequestHandler):
         if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _nesting(text) > MAX_JSON_DEPTH:
             raise bad_request("The JSON body is nested too deeply.", "invalid_json")
         try:
-            body = json.loads(text)
+            body = json.loads(text, object_pairs_hook=_unique_keys)
         except ValueError as exc:
             raise bad_request(f"The body is not valid JSON: {exc}.", "invalid_json") from None
         if not isinstance(body, dict):
@@ -124,3 +124,13 @@ def _nesting(text: str) -> int:
         elif ch in "]}":
             depth -= 1
     return deepest
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object with a repeated key has no one meaning (parsers disagree on which wins)."""
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"the key {key!r} appears twice")
+        result[key] = value
+    return result

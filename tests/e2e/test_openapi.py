@@ -20,10 +20,9 @@ Warnings: the suite runs with `filterwarnings = error`, and hypothesis/schemathe
 emit none on this path today (no `.example()`, explicit settings); nothing is silenced.
 A failing request is reported with a curl line to reproduce it.
 
-Known product bugs (KNOWN_BUGS), each also pinned by a strict xfail in tests/security/:
-every run first probes whether each is still there, and while it is, a generated case
-that would only hit it again is not sent. Once a bug is fixed its probe passes and the
-fuzzing covers those inputs again, with no edit here.
+Bugs this fuzzing found (KNOWN_BUGS, all fixed now; tests/security/ pins each): every
+run first probes whether each is back, and while one is, a generated case that would
+only hit it again is not sent, so one regression reads as one clear failure.
 """
 
 from __future__ import annotations
