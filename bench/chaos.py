@@ -35,6 +35,7 @@ from typing import Any
 
 import aiohttp
 
+from longtail.settings import LOAD_TEST_LIMITS
 from tests.client import Client
 from tests.e2e.cluster import Cluster, Proc, base_env, free_port
 from tests.e2e.nginx import Nginx
@@ -316,7 +317,7 @@ async def run_chaos(cfg: ChaosConfig, workdir: Path) -> ChaosReport:
     env = base_env(redis.url, database_url, f"chaos{uuid.uuid4().hex[:6]}")
     # chatcore dies after a third of the run's commits; its outbox must cover for it.
     env["LONGTAIL_FAULT_EXIT_AFTER_COMMITS"] = str(cfg.receivers * (2 + cfg.messages // 3))
-    env["LONGTAIL_SENDS_PER_MINUTE"] = "100000"
+    env.update(LOAD_TEST_LIMITS)
     env["LONGTAIL_DRAIN_SECONDS"] = "2"
     # Async: the database proxy runs on this event loop and must keep serving meanwhile.
     migrate = await asyncio.create_subprocess_exec(

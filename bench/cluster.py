@@ -29,6 +29,8 @@ import aiohttp
 import asyncpg
 from redis.asyncio import Redis
 
+from longtail.settings import LOAD_TEST_LIMITS
+
 HOST = "127.0.0.1"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -198,6 +200,7 @@ class Cluster:
             "LONGTAIL_POLL_TIMEOUT": "25",
             "LONGTAIL_POLL_TIMEOUT_MAX": f"{self.poll_timeout_max:g}",
             "LONGTAIL_LOG_LEVEL": "WARNING",
+            **LOAD_TEST_LIMITS,
         }
 
     def spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:

@@ -241,3 +241,13 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
 }
 
 ENV_VARS = {name: var for name, (var, _) in _ENV.items()}
+
+# For load and chaos runs, where every client comes from one address and sends far more
+# than a person: the abuse limits would measure themselves instead of the system.
+LOAD_TEST_LIMITS = {
+    "LONGTAIL_SENDS_PER_MINUTE": "1000000",
+    "LONGTAIL_FRIEND_REQUESTS_PER_HOUR": "1000000",
+    "LONGTAIL_LOGINS_PER_15MIN": "1000000",
+    "LONGTAIL_MAX_CONNECTIONS_PER_USER": "1000",
+    "LONGTAIL_MAX_CONNECTIONS_PER_IP": "100000",
+}
