@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from tests.waiting import eventually
+
 # As root in a container, and with no network beyond loopback: no sandbox, and none of
 # the background traffic Chromium would otherwise try (and fail) to send.
 CHROMIUM_ARGS = [
@@ -51,6 +53,15 @@ LOGIN = """async ([username, password]) => {
 }"""
 
 
+async def wait_until(page: Any, expression: str, arg: Any = None, timeout: float = 15) -> None:
+    """Poll `expression` (a JS function of `arg`) through page.evaluate until it is true.
+
+    Not Playwright's wait_for_function: its polling evaluates the predicate with eval()
+    inside the page, which the pages' Content-Security-Policy rightly forbids.
+    """
+    await eventually(lambda: page.evaluate(expression, arg), deadline=timeout, what=expression)
+
+
 class BrowserUser:
     """A page on one gateway's origin, logged in, with a Longtail client in it."""
 
@@ -65,7 +76,7 @@ class BrowserUser:
 
     async def open(self, origin: str, username: str, password: str) -> BrowserUser:
         await self.page.goto(origin + "/console.html")
-        await self.page.wait_for_function("window.longtail !== undefined")
+        await wait_until(self.page, "() => window.longtail !== undefined")
         await self.page.evaluate(LOGIN, [username, password])
         return self
 
@@ -73,10 +84,8 @@ class BrowserUser:
         return await self.page.evaluate(START_CLIENT, options)
 
     async def wait_messages(self, n: int, timeout: float = 15) -> list[dict[str, Any]]:
-        await self.page.wait_for_function(
-            "n => window.got.filter(e => e.type === 'message').length >= n",
-            arg=n,
-            timeout=timeout * 1000,
+        await wait_until(
+            self.page, "n => window.got.filter(e => e.type === 'message').length >= n", n, timeout
         )
         return await self.page.evaluate("window.got")
 

@@ -9,7 +9,7 @@ import pytest
 
 from tests.buffering_proxy import BufferingProxy
 from tests.client import Client, messages
-from tests.e2e.browser import BrowserUser
+from tests.e2e.browser import BrowserUser, wait_until
 from tests.e2e.cluster import Cluster
 
 pytestmark = pytest.mark.e2e
@@ -80,9 +80,10 @@ async def test_behind_a_buffering_proxy_the_client_falls_back_to_long_polling(
     try:
         page = await browser_user(browser, proxy.url, bob)
         await page.start(firstByteTimeout=1500)
-        await page.page.wait_for_function(
-            "window.statuses.some(s => s.state === 'open' && s.transport === 'longpoll')",
-            timeout=20000,
+        await wait_until(
+            page.page,
+            "() => window.statuses.some(s => s.state === 'open' && s.transport === 'longpoll')",
+            timeout=20,
         )
         steps = await page.value("window.fallbacks.map(f => f.from)")
         assert steps == ["websocket", "sse", "xhr"]

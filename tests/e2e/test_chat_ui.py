@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.browser import wait_until
 from tests.e2e.nginx import Nginx
 
 pytestmark = pytest.mark.e2e
@@ -121,7 +122,7 @@ async def test_two_people_chat_and_a_third_joins_a_room(browser, nginx: Nginx, t
 
     # Bob is in the room; a direct message from alice shows as unread in his title.
     await alice.send("are you there?")
-    await bob.page.wait_for_function("document.title === '(1) Longtail'")
+    await wait_until(bob.page, "() => document.title === '(1) Longtail'")
 
     # A reload keeps the history (it comes from the server, not the page).
     await bob.page.reload()
