@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chatcore import accounts, friends
@@ -120,16 +120,6 @@ async def members_json(tx: AsyncSession, conversation_id: int) -> list[dict[str,
 async def members(tx: AsyncSession, user_id: int, conversation_id: int) -> dict[str, Any]:
     room = await require_room(tx, user_id, conversation_id)
     return {**room_json(room), "members": await members_json(tx, conversation_id)}
-
-
-async def count_members(tx: AsyncSession, conversation_id: int) -> int:
-    return (
-        await tx.execute(
-            select(func.count())
-            .select_from(Member)
-            .where(Member.conversation_id == conversation_id)
-        )
-    ).scalar_one()
 
 
 async def _user(tx: AsyncSession, user_id: int) -> User:
