@@ -118,7 +118,7 @@ def connection_states(gateway: Service) -> Counter[str]:
 
 async def subscribed_channels(redis: Redis, channels: list[str]) -> int:
     """How many of the channels have at least one subscriber (a gateway listening)."""
-    counts = await redis.pubsub_numsub(*channels) if channels else []
+    counts = await redis.pubsub_shardnumsub(*channels) if channels else []
     return sum(1 for _, subscribers in counts if subscribers > 0)
 
 

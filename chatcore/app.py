@@ -16,9 +16,14 @@ from chatcore.api import make_app
 from chatcore.db import Database
 from chatcore.migrate import migrate
 from chatcore.service import Chat
+from longtail.redisconn import command_client
 from longtail.settings import ConfigError, Settings
 
 log = logging.getLogger("longtail.chatcore")
+
+
+# Publishes and session lookups run concurrently, one connection each at most.
+REDIS_CONNECTIONS = 128
 
 
 def redis_options() -> dict[str, Any]:
@@ -38,7 +43,9 @@ class Chatcore:
     def __init__(self, settings: Settings, redis: Redis | None = None) -> None:
         self.settings = settings
         self.db = Database(settings.database_url)
-        self.redis = redis or Redis.from_url(settings.redis_url, **redis_options())
+        self.redis = redis or command_client(
+            settings.redis_url, max_connections=REDIS_CONNECTIONS, **redis_options()
+        )
         self.chat = Chat(settings, self.db, self.redis)
         self.server: HTTPServer | None = None
         self.port: int | None = None

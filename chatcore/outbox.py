@@ -59,7 +59,7 @@ class Publisher:
             pipe.zremrangebyrank(buf, 0, -self._buffer_size - 1)
             pipe.expire(buf, self._buffer_ttl)
             pipe.set(self._keys.head(d.user_id), d.event.seq, ex=HEAD_TTL)
-            pipe.publish(self._keys.channel(d.user_id), d.event.to_message())
+            pipe.spublish(self._keys.channel(d.user_id), d.event.to_message())
         try:
             await pipe.execute()
         except (RedisError, OSError) as exc:
@@ -75,7 +75,7 @@ class Publisher:
             return
         pipe = self._redis.pipeline(transaction=False)
         for user_id in user_ids:
-            pipe.publish(self._keys.channel(user_id), ephemeral_message(data))
+            pipe.spublish(self._keys.channel(user_id), ephemeral_message(data))
         try:
             await pipe.execute()
         except (RedisError, OSError) as exc:

@@ -84,7 +84,7 @@ class Sessions:
         if user_id is not None:
             # Connections this session holds open end now, on every gateway.
             try:
-                await self._redis.publish(self._keys.channel(user_id), revoked_message(digest))
+                await self._redis.spublish(self._keys.channel(user_id), revoked_message(digest))
             except RedisError as exc:
                 log.warning("could not announce a logout (streams end at their max age): %s", exc)
 

@@ -1,15 +1,18 @@
-"""The gateway's one Redis subscriber, shared by every connection it holds.
+"""The gateway's Redis subscriber, shared by every connection it holds.
 
-- One pub/sub connection per process. A user's channel is subscribed when their first
-  local connection arrives and unsubscribed a grace period after their last one leaves.
-- One reader task (never a polling loop) hands each event to the mailboxes of that
-  user's connections; it never touches a socket.
-- The process's own control channel is always subscribed, so the reader never runs
-  out of channels (redis-py's reader stops when the last one goes) and the watchdog can
-  check end to end that published messages still arrive.
-- On any Redis error the reader reconnects with backoff, re-subscribes every channel,
-  and, as each subscription is confirmed, tells its mailboxes to re-read storage:
-  whatever was published while we were away is caught up by cursor, never lost.
+- One pub/sub connection per Redis shard: on one server (or a Sentinel-named primary)
+  that is one connection per process; on a Redis Cluster, one per primary owning a
+  channel we need. A user's channel is subscribed (SSUBSCRIBE) when their first local
+  connection arrives and unsubscribed a grace period after their last one leaves.
+- One reader task per shard (never a polling loop) hands each event to the mailboxes
+  of that user's connections; it never touches a socket.
+- Every shard connection also subscribes the process's own control channel, so a
+  reader never runs out of channels (redis-py's reader stops when the last one goes)
+  and the watchdog can check end to end, shard by shard, that messages still arrive.
+- On any Redis error a shard's reader re-reads the topology, moves channels whose slot
+  now lives elsewhere, reconnects with backoff and re-subscribes; as each subscription
+  is confirmed, its mailboxes re-read storage: whatever was published while we were
+  away (or while a slot moved, or a primary failed over) is caught up by cursor.
 """
 
 from __future__ import annotations
@@ -18,48 +21,68 @@ import asyncio
 import logging
 import random
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
+from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from gateway.mailbox import Mailbox
+from gateway.shards import Shards, TopologyUnknown
 from longtail.wire import EPHEMERAL, REVOKED, Event, Keys
 
 log = logging.getLogger("longtail.gateway.hub")
 
-# How long a new connection waits for its SUBSCRIBE to be confirmed before going on
+# How long a new connection waits for its SSUBSCRIBE to be confirmed before going on
 # anyway; if it was not, the confirmation (after a reconnect) triggers a catch-up.
 SUBSCRIBE_WAIT = 2.0
-# Watchdog: ping our own channel this often; a subscriber that has heard nothing for
-# three intervals (pings included) is silently dead (a NAT or proxy dropped it) and is
+# Watchdog: ping our own channel this often; a shard that has heard nothing for three
+# intervals (pings included) is silently dead (a NAT or proxy dropped it) and is
 # replaced.
 PING_INTERVAL = 5.0
 STALL_PINGS = 3
 # Reconnect backoff bounds, jittered so a fleet of gateways does not reconnect in step.
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 5.0
+# While the slot map cannot place a channel (a primary failing over), look again this
+# often.
+PLACE_RETRY = 0.5
 
 
 class _Channel:
     """Subscription state of one user's channel on this gateway."""
 
-    __slots__ = ("confirmed", "linger", "mailboxes", "user_id")
+    __slots__ = ("confirmed", "linger", "mailboxes", "shard", "user_id")
 
     def __init__(self, user_id: int, loop: asyncio.AbstractEventLoop) -> None:
         self.user_id = user_id
         self.mailboxes: set[Mailbox] = set()
         self.confirmed: asyncio.Future[None] = loop.create_future()
         self.linger: asyncio.TimerHandle | None = None
+        self.shard: _Shard | None = None
+
+
+class _Shard:
+    """One subscriber connection (to one Redis node) and the channels it carries."""
+
+    __slots__ = ("channels", "connected", "last_heard", "name", "pubsub", "reader")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.channels: set[bytes] = set()
+        self.pubsub: PubSub | None = None
+        self.reader: asyncio.Task[None] | None = None
+        self.connected = False
+        self.last_heard = 0.0
 
 
 class Hub:
     def __init__(
         self,
-        redis: Redis,
+        shards: Shards,
         keys: Keys,
         *,
         unsubscribe_grace: float = 5.0,
@@ -72,7 +95,7 @@ class Hub:
         # last one has been gone for the grace period (presence hooks onto these).
         self.on_arrive = on_arrive
         self.on_leave = on_leave
-        self._redis = redis
+        self._shards = shards
         self._keys = keys
         self._grace = unsubscribe_grace
         self._ping_interval = ping_interval
@@ -81,33 +104,47 @@ class Hub:
         self._control = keys.control(self.gateway_id).encode()
         self._channels: dict[bytes, _Channel] = {}
         self._by_user: dict[int, bytes] = {}
-        self._pubsub: PubSub | None = None
-        self._reader: asyncio.Task[None] | None = None
+        # Shards by name; `_home` carries the control channel even with no users.
+        self._by_name: dict[str, _Shard] = {}
+        self._home: _Shard | None = None
+        self._unplaced: set[bytes] = set()
+        self._placer: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
-        self._connected = False
-        self._last_heard = 0.0
+        self._topology_lock = asyncio.Lock()
+        self._started = False
         self.reconnects = 0
         self.delivered = 0
 
     # -- lifecycle ------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._reader = asyncio.create_task(self._read_forever(), name="hub-reader")
+        self._started = True
+        self._placer = asyncio.create_task(self._place_forever(), name="hub-placer")
         self._watchdog = asyncio.create_task(self._watch(), name="hub-watchdog")
 
     async def stop(self) -> None:
-        for task in (self._watchdog, self._reader):
+        self._started = False
+        tasks = [self._watchdog, self._placer] + [s.reader for s in self._by_name.values()]
+        for task in tasks:
             if task is not None:
                 task.cancel()
+        for task in tasks:
+            if task is not None:
                 with suppress(asyncio.CancelledError):
                     await task
-        await self._close_pubsub()
+        for shard in self._by_name.values():
+            await self._close_pubsub(shard)
+        await self._shards.aclose()
 
     @property
     def healthy(self) -> bool:
-        """Subscribed, and heard from Redis recently."""
-        loop = asyncio.get_running_loop()
-        return self._connected and loop.time() - self._last_heard < self._stall_after
+        """Every shard subscribed and heard from recently, and every channel placed."""
+        if self._home is None or self._unplaced:
+            return False
+        now = asyncio.get_running_loop().time()
+        return all(
+            s.connected and now - s.last_heard < self._stall_after for s in self._by_name.values()
+        )
 
     async def wait_healthy(self, timeout: float) -> bool:
         loop = asyncio.get_running_loop()
@@ -115,6 +152,9 @@ class Hub:
         while not self.healthy and loop.time() < deadline:
             await asyncio.sleep(0.01)
         return self.healthy
+
+    def shard_names(self) -> list[str]:
+        return sorted(self._by_name)
 
     # -- registering connections --------------------------------------------------
 
@@ -145,7 +185,7 @@ class Hub:
 
     def close_all(self, reason: str) -> None:
         for channel in self._channels.values():
-            for mailbox in channel.mailboxes:
+            for mailbox in list(channel.mailboxes):
                 mailbox.close(reason)
 
     def _add(self, user_id: int, mailbox: Mailbox) -> _Channel:
@@ -156,7 +196,7 @@ class Hub:
             channel = _Channel(user_id, asyncio.get_running_loop())
             self._channels[name] = channel
             self._by_user[user_id] = name
-            self._send("subscribe", name)
+            self._place(name, channel)
             if self.on_arrive is not None:
                 self.on_arrive(user_id)
         elif channel.linger is not None:
@@ -177,103 +217,221 @@ class Hub:
             return
         name = self._by_user.pop(channel.user_id)
         del self._channels[name]
-        self._send("unsubscribe", name)
+        self._unplaced.discard(name)
+        self._unplace(name, channel)
         if self.on_leave is not None:
             self.on_leave(channel.user_id)
 
-    def _send(self, command: str, name: bytes) -> None:
-        """Fire a (UN)SUBSCRIBE; while disconnected, the reconnect sends the full set."""
-        pubsub = self._pubsub
-        if pubsub is None or not self._connected:
+    # -- placing channels on shards ---------------------------------------------------
+
+    def _place(self, name: bytes, channel: _Channel) -> None:
+        """Put the channel on the shard that owns its slot and subscribe it there."""
+        try:
+            owner = self._shards.owner(name)
+        except TopologyUnknown:
+            self._unplaced.add(name)
             return
-        task = asyncio.create_task(self._command(pubsub, command, name))
+        shard = self._shard(owner)
+        shard.channels.add(name)
+        channel.shard = shard
+        if shard.connected:
+            self._send(shard, "ssubscribe", name)
+
+    def _unplace(self, name: bytes, channel: _Channel) -> None:
+        shard, channel.shard = channel.shard, None
+        if shard is None:
+            return
+        shard.channels.discard(name)
+        if shard.connected:
+            self._send(shard, "sunsubscribe", name)
+        if not shard.channels and shard is not self._home:
+            self._retire(shard)
+
+    def _shard(self, name: str) -> _Shard:
+        shard = self._by_name.get(name)
+        if shard is None:
+            shard = self._by_name[name] = _Shard(name)
+            if self._started:
+                shard.reader = asyncio.create_task(self._read_forever(shard), name="hub-reader")
+        return shard
+
+    def _retire(self, shard: _Shard) -> None:
+        """A shard that carries nothing any more closes its connection."""
+        if self._by_name.get(shard.name) is shard:
+            del self._by_name[shard.name]
+        if shard.reader is not None and shard.reader is not asyncio.current_task():
+            shard.reader.cancel()
+        task = asyncio.create_task(self._close_pubsub(shard))
         task.add_done_callback(_log_failure)
 
-    async def _command(self, pubsub: PubSub, command: str, name: bytes) -> None:
+    def _rebalance(self) -> None:
+        """After the topology changed: every channel to the shard that owns it now."""
+        home: _Shard | None
         try:
-            await getattr(pubsub, command)(name)
+            home = self._shard(self._shards.owner(self._control))
+        except TopologyUnknown:
+            home = self._home
+        old_home, self._home = self._home, home
+        for name, channel in self._channels.items():
+            try:
+                owner = self._shards.owner(name)
+            except TopologyUnknown:
+                if channel.shard is not None and channel.shard.name not in self._by_name:
+                    self._unplace(name, channel)
+                self._unplaced.add(name)
+                continue
+            self._unplaced.discard(name)
+            if channel.shard is not None and channel.shard.name == owner:
+                continue
+            self._unplace(name, channel)
+            self._reset(channel)
+            self._place(name, channel)
+        if old_home is not None and old_home is not home and not old_home.channels:
+            self._retire(old_home)
+
+    async def _refresh(self) -> None:
+        """Re-read the topology (one refresh at a time) and move channels."""
+        async with self._topology_lock:
+            try:
+                await self._shards.refresh()
+            except (RedisError, OSError) as exc:
+                log.info("reading the redis topology failed: %s", exc)
+                return
+            self._rebalance()
+
+    async def _place_forever(self) -> None:
+        """Learn the topology at start, then retry channels it could not place."""
+        while True:
+            if self._home is None or self._unplaced:
+                await self._refresh()
+            await asyncio.sleep(PLACE_RETRY if self._home is None or self._unplaced else 1.0)
+
+    # -- commands ---------------------------------------------------------------------
+
+    def _send(self, shard: _Shard, command: str, name: bytes) -> None:
+        """Fire a (S)(UN)SUBSCRIBE; while disconnected, the reconnect sends the full set."""
+        pubsub = shard.pubsub
+        if pubsub is None:
+            return
+        task = asyncio.create_task(self._command(pubsub, command, (name,)))
+        task.add_done_callback(_log_failure)
+
+    async def _command(self, pubsub: PubSub, command: str, names: tuple[bytes, ...]) -> None:
+        try:
+            await getattr(pubsub, command)(*names)
         except (RedisError, OSError) as exc:
             # The reader sees the same broken connection and reconnects.
-            log.info("%s %s failed: %s", command, name.decode(), exc)
+            log.info("%s failed: %s", command, exc)
 
-    # -- the reader -------------------------------------------------------------------
+    # -- the readers ------------------------------------------------------------------
 
-    async def _read_forever(self) -> None:
+    async def _read_forever(self, shard: _Shard) -> None:
         backoff = BACKOFF_MIN
-        while True:
+        while self._by_name.get(shard.name) is shard:
             try:
-                pubsub = await self._connect()
+                pubsub = await self._connect(shard)
                 backoff = BACKOFF_MIN
                 while True:
                     message = await pubsub.get_message(timeout=None)
                     if message is not None:
-                        self._handle(message)
+                        self._handle(shard, message)
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
-                self._connected = False
-                log.warning("redis subscriber lost (%s); reconnecting in %.2fs", exc, backoff)
+                shard.connected = False
+                log.warning(
+                    "redis subscriber %s lost (%s); reconnecting in %.2fs", shard.name, exc, backoff
+                )
                 await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
                 backoff = min(backoff * 2, BACKOFF_MAX)
+                await self._refresh()
+                if not shard.channels and shard is not self._home:
+                    self._retire(shard)
+                    return
 
-    async def _connect(self) -> PubSub:
-        await self._close_pubsub()
-        loop = asyncio.get_running_loop()
-        for channel in self._channels.values():
-            if channel.confirmed.done():
-                channel.confirmed = loop.create_future()
-        pubsub = self._pubsub = self._redis.pubsub()
-        await pubsub.subscribe(self._control, *self._channels)
-        self._connected = True
-        self._last_heard = loop.time()
-        if self.reconnects or self._channels:
-            log.info("redis subscriber connected, %d user channel(s)", len(self._channels))
+    async def _connect(self, shard: _Shard) -> PubSub:
+        await self._close_pubsub(shard)
+        for name in shard.channels:
+            self._reset(self._channels[name])
+        pubsub = shard.pubsub = self._shards.pubsub(shard.name)
+        await pubsub.subscribe(self._control)
+        # Channels placed here while we awaited are subscribed in the next round; no
+        # await separates the last round from `connected`, after which _place sends.
+        sent: set[bytes] = set()
+        while pending := shard.channels - sent:
+            for group in _by_slot(pending):
+                await pubsub.ssubscribe(*group)
+            sent |= pending
+        for group in _by_slot(sent - shard.channels):
+            await pubsub.sunsubscribe(*group)
+        shard.connected = True
+        shard.last_heard = asyncio.get_running_loop().time()
+        if self.reconnects or shard.channels:
+            log.info(
+                "redis subscriber %s connected, %d user channel(s)", shard.name, len(shard.channels)
+            )
         return pubsub
 
-    async def _close_pubsub(self) -> None:
-        pubsub, self._pubsub = self._pubsub, None
+    def _reset(self, channel: _Channel) -> None:
+        """The channel's next confirmation must trigger a catch-up."""
+        if channel.confirmed.done():
+            channel.confirmed = asyncio.get_running_loop().create_future()
+
+    async def _close_pubsub(self, shard: _Shard) -> None:
+        pubsub, shard.pubsub = shard.pubsub, None
+        shard.connected = False
         if pubsub is not None:
             with suppress(RedisError, OSError):
                 await pubsub.aclose()
             self.reconnects += 1
 
-    def _handle(self, message: dict[str, Any]) -> None:
+    def _handle(self, shard: _Shard, message: dict[str, Any]) -> None:
         """One message from redis-py: {"type", "channel": bytes, "data": bytes | int}."""
-        self._last_heard = asyncio.get_running_loop().time()
+        shard.last_heard = asyncio.get_running_loop().time()
         kind = message["type"]
         name: bytes = message["channel"]
-        if kind == "message":
+        if kind == "smessage":
             channel = self._channels.get(name)
-            if channel is None:
-                return  # the control channel's ping, or a channel we just left
-            data: bytes = message["data"]
-            if data.startswith(REVOKED):
-                session = data[len(REVOKED) :].decode()
-                for mailbox in channel.mailboxes:
-                    if mailbox.session == session:
-                        mailbox.close("logged_out")
-                return
-            if data.startswith(EPHEMERAL):
-                ephemeral = Event(0, data[len(EPHEMERAL) :])
-                for mailbox in channel.mailboxes:
-                    mailbox.deliver_ephemeral(ephemeral)
-                return
-            try:
-                event = Event.from_message(data)
-            except ValueError:
-                log.error("ignoring a malformed message on %r", name)
-                return
-            for mailbox in channel.mailboxes:
-                mailbox.deliver(event)
-            self.delivered += len(channel.mailboxes)
-        elif kind == "subscribe":
+            if channel is not None:
+                self._deliver(channel, message["data"])
+        elif kind == "ssubscribe":
             channel = self._channels.get(name)
-            if channel is not None and not channel.confirmed.done():
+            if channel is not None and channel.shard is shard and not channel.confirmed.done():
                 channel.confirmed.set_result(None)
                 # Anything published before this moment is in storage, not in flight
                 # to us: the mailboxes re-read from their cursors.
                 for mailbox in channel.mailboxes:
                     mailbox.resync()
+        elif kind == "sunsubscribe":
+            channel = self._channels.get(name)
+            if channel is not None and channel.shard is shard:
+                # We did not ask: the node gave the slot away (resharding). Find where
+                # it lives now and subscribe there.
+                log.info("redis %s dropped %s (slot moved)", shard.name, name.decode())
+                self._reset(channel)
+                task = asyncio.create_task(self._refresh())
+                task.add_done_callback(_log_failure)
+
+    def _deliver(self, channel: _Channel, data: bytes) -> None:
+        if data.startswith(REVOKED):
+            session = data[len(REVOKED) :].decode()
+            for mailbox in list(channel.mailboxes):
+                if mailbox.session == session:
+                    mailbox.close("logged_out")
+            return
+        if data.startswith(EPHEMERAL):
+            ephemeral = Event(0, data[len(EPHEMERAL) :])
+            for mailbox in channel.mailboxes:
+                mailbox.deliver_ephemeral(ephemeral)
+            return
+        try:
+            event = Event.from_message(data)
+        except ValueError:
+            log.error("ignoring a malformed message on user %d's channel", channel.user_id)
+            return
+        for mailbox in channel.mailboxes:
+            mailbox.deliver(event)
+        self.delivered += len(channel.mailboxes)
 
     # -- the watchdog -----------------------------------------------------------------
 
@@ -281,21 +439,41 @@ class Hub:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self._ping_interval)
-            if not self._connected:
+            if not any(s.connected for s in self._by_name.values()):
                 continue
             try:
-                await self._redis.publish(self._control, b"ping")
-            except (RedisError, OSError) as exc:
-                log.info("watchdog ping failed: %s", exc)
-            if loop.time() - self._last_heard > self._stall_after and self._reader is not None:
-                log.warning("redis subscriber silent for %.1fs; replacing it", self._stall_after)
-                self._reader.cancel()
-                with suppress(asyncio.CancelledError):
-                    await self._reader
-                self._connected = False
-                self._reader = asyncio.create_task(self._read_forever(), name="hub-reader")
+                # A classic PUBLISH reaches every node of a Cluster: one ping checks
+                # every shard connection. Bounded: a black-holed route must not stall
+                # the check below.
+                await asyncio.wait_for(
+                    self._shards.publish(self._control, b"ping"), self._ping_interval
+                )
+            except (TimeoutError, RedisError, OSError) as exc:
+                log.info("watchdog ping failed: %r", exc)
+            for shard in list(self._by_name.values()):
+                silent = loop.time() - shard.last_heard
+                if shard.connected and silent > self._stall_after and shard.reader is not None:
+                    log.warning(
+                        "redis subscriber %s silent for %.1fs; replacing it", shard.name, silent
+                    )
+                    shard.reader.cancel()
+                    with suppress(asyncio.CancelledError):
+                        await shard.reader
+                    shard.connected = False
+                    if self._by_name.get(shard.name) is shard:
+                        shard.reader = asyncio.create_task(
+                            self._read_forever(shard), name="hub-reader"
+                        )
+
+
+def _by_slot(names: Iterable[bytes]) -> list[list[bytes]]:
+    """SSUBSCRIBE takes several channels only when they share a slot."""
+    groups: dict[int, list[bytes]] = defaultdict(list)
+    for name in names:
+        groups[key_slot(name)].append(name)
+    return list(groups.values())
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
-        log.error("hub command failed", exc_info=task.exception())
+        log.error("hub task failed", exc_info=task.exception())

@@ -11,16 +11,16 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import aiohttp
-from redis.asyncio import Redis
 from sqlalchemy import text
 
+from longtail.redisconn import command_client
 from longtail.settings import ENV_VARS, Settings
 
 TIMEOUT = 3.0
 
 
 async def _redis(settings: Settings) -> str:
-    client = Redis.from_url(settings.redis_url, socket_connect_timeout=TIMEOUT)
+    client = command_client(settings.redis_url, max_connections=2, socket_connect_timeout=TIMEOUT)
     try:
         await client.ping()
         return f"redis at {settings.redis_url} answers PING"

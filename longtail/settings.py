@@ -12,6 +12,8 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from longtail.redisconn import parse_redis_url
+
 T = TypeVar("T")
 
 DEV_SECRET = "longtail-dev-secret"
@@ -64,8 +66,13 @@ def _port(raw: str) -> int:
 
 
 def _redis_url(raw: str) -> str:
-    if urlsplit(raw).scheme not in ("redis", "rediss", "unix"):
-        raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    try:
+        parse_redis_url(raw)
+    except ValueError as exc:
+        raise ValueError(
+            f"must be a redis://, rediss://, unix://, redis+cluster:// or redis+sentinel:// "
+            f"URL ({exc})"
+        ) from exc
     return raw
 
 
@@ -122,6 +129,11 @@ class Settings:
     # window over which their reconnects are spread (so no gateway gets them all at once).
     drain_seconds: float = 10.0
     drain_spread: float = 5.0
+    # The gateway pings its own Redis subscription this often; three silent intervals
+    # mean the connection is dead. A gateway that has lost Redis this long hands its
+    # clients to the other gateways (they would otherwise wait for events it cannot hear).
+    redis_ping_interval: float = 5.0
+    redis_lost_drain_after: float = 5.0
     # Hot buffer of recent events per user in Redis, so catch-up rarely reaches chatcore.
     buffer_size: int = 256
     buffer_ttl: int = 3600
@@ -219,6 +231,8 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "stream_max_age": ("LONGTAIL_STREAM_MAX_AGE", _positive_float),
     "drain_seconds": ("LONGTAIL_DRAIN_SECONDS", _positive_float),
     "drain_spread": ("LONGTAIL_DRAIN_SPREAD", _non_negative_float),
+    "redis_ping_interval": ("LONGTAIL_REDIS_PING_INTERVAL", _positive_float),
+    "redis_lost_drain_after": ("LONGTAIL_REDIS_LOST_DRAIN_AFTER", _non_negative_float),
     "buffer_size": ("LONGTAIL_BUFFER_SIZE", _positive_int),
     "buffer_ttl": ("LONGTAIL_BUFFER_TTL", _positive_int),
     "mailbox_size": ("LONGTAIL_MAILBOX_SIZE", _positive_int),

@@ -17,6 +17,7 @@ from gateway.catchup import Catchup
 from gateway.feed import Feed
 from gateway.hub import Hub
 from gateway.mailbox import Mailbox
+from gateway.shards import SingleShard
 from longtail.wire import Event, Keys
 from tests.proxy import FaultyProxy
 from tests.waiting import eventually
@@ -39,7 +40,7 @@ async def rig(redis_target, redis_prefix, database_url):
     db = Database(database_url)
     publisher = Publisher(db, direct, keys, buffer_size=100, buffer_ttl=60)
     subscriber = Redis.from_url(proxy.url, **subscriber_options())
-    hub = Hub(subscriber, keys, unsubscribe_grace=0.1, ping_interval=0.2)
+    hub = Hub(SingleShard(subscriber), keys, unsubscribe_grace=0.1, ping_interval=0.2)
     await hub.start()
     assert await hub.wait_healthy(5)
     catchup = Catchup(direct, keys, EmptyChatcore())  # type: ignore[arg-type]

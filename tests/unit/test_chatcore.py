@@ -100,7 +100,7 @@ async def test_events_committed_while_redis_is_down_are_published_by_the_sweep(
     live_redis = redis_factory()
     keys = Keys(settings.redis_prefix)
     pubsub = live_redis.pubsub()
-    await pubsub.subscribe(keys.channel(b))
+    await pubsub.ssubscribe(keys.channel(b))
     await pubsub.get_message(timeout=1)
     restarted = Chat(settings, db, live_redis)
     await restarted.publisher.start()
@@ -109,7 +109,7 @@ async def test_events_committed_while_redis_is_down_are_published_by_the_sweep(
         while len(received) < 3:
             msg = await pubsub.get_message(timeout=5)
             assert msg is not None, "re-published events arrive on the channel"
-            if msg["type"] == "message":
+            if msg["type"] == "smessage":
                 received.append(json.loads(Event.from_message(msg["data"]).data))
         assert [e["seq"] for e in received] == [1, 2, 3]
         assert received[-1]["message"]["body"] == "survives"

@@ -8,13 +8,14 @@ import pytest
 
 from gateway.hub import Hub
 from gateway.mailbox import Mailbox
+from gateway.shards import SingleShard
 from longtail.wire import Event, Keys
 from tests.waiting import eventually
 
 
 @pytest.fixture
 async def hub(redis_factory, redis_prefix):
-    hub = Hub(redis_factory(), Keys(redis_prefix), unsubscribe_grace=0.1)
+    hub = Hub(SingleShard(redis_factory()), Keys(redis_prefix), unsubscribe_grace=0.1)
     await hub.start()
     assert await hub.wait_healthy(5)
     yield hub
@@ -22,7 +23,7 @@ async def hub(redis_factory, redis_prefix):
 
 
 async def subscribers(redis, keys: Keys, user_id: int) -> int:
-    [(_, count)] = await redis.pubsub_numsub(keys.channel(user_id))
+    [(_, count)] = await redis.pubsub_shardnumsub(keys.channel(user_id))
     return count
 
 
@@ -30,7 +31,7 @@ async def test_events_reach_every_mailbox_of_their_user_only(hub, redis_factory,
     keys, publisher = Keys(redis_prefix), redis_factory()
     tab1, tab2, other = Mailbox(10), Mailbox(10), Mailbox(10)
     async with hub.listen(1, tab1), hub.listen(1, tab2), hub.listen(2, other):
-        await publisher.publish(keys.channel(1), Event(7, b'{"seq":7}').to_message())
+        await publisher.spublish(keys.channel(1), Event(7, b'{"seq":7}').to_message())
         await eventually(lambda: tab1.ready and bool(tab2._events))
         assert [e.seq for e in tab1.take()] == [7] and [e.seq for e in tab2.take()] == [7]
         assert other.take() == []
@@ -61,7 +62,7 @@ async def test_a_returning_listener_within_the_grace_keeps_the_subscription(
     async with hub.listen(9, box):
         box.stale = False
         await asyncio.sleep(0.3)  # longer than the grace: must still be subscribed
-        await publisher.publish(keys.channel(9), Event(1, b"{}").to_message())
+        await publisher.spublish(keys.channel(9), Event(1, b"{}").to_message())
         await eventually(lambda: box._events)
 
 
@@ -71,8 +72,8 @@ async def test_a_malformed_message_is_ignored_and_the_reader_goes_on(
     keys, publisher = Keys(redis_prefix), redis_factory()
     box = Mailbox(10)
     async with hub.listen(3, box):
-        await publisher.publish(keys.channel(3), b"garbage")
-        await publisher.publish(keys.channel(3), Event(1, b"{}").to_message())
+        await publisher.spublish(keys.channel(3), b"garbage")
+        await publisher.spublish(keys.channel(3), Event(1, b"{}").to_message())
         await eventually(lambda: box._events)
         assert [e.seq for e in box.take()] == [1]
 
