@@ -1,8 +1,9 @@
 """Liveness and readiness for load balancers and orchestrators.
 
-/healthz: the process answers. /readyz: it can do its job now: the Redis subscriber is
-connected and heard from recently, and chatcore answers. Not ready means "send new
-clients elsewhere", not "restart me".
+/healthz: the process answers. /readyz: it can do its job now: it hears Redis (a
+subscriber connection heard from recently; on a Cluster, one primary failing over does
+not count, since every gateway shares that), and chatcore answers. Not ready means
+"send new clients elsewhere", not "restart me".
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ class Readyz(GatewayHandler):
     async def get(self) -> None:
         services = self.services
         checks = {
-            "redis": services.hub.healthy,
+            "redis": services.hub.reachable,
             "chatcore": await services.chatcore.healthy(),
             "draining": services.draining,
         }

@@ -146,6 +146,16 @@ class Hub:
             s.connected and now - s.last_heard < self._stall_after for s in self._by_name.values()
         )
 
+    @property
+    def reachable(self) -> bool:
+        """Some shard subscribed and heard from recently: this gateway is not cut off
+        from Redis. (One Cluster primary failing over degrades every gateway alike;
+        sending clients to another gateway would not help them.)"""
+        now = asyncio.get_running_loop().time()
+        return any(
+            s.connected and now - s.last_heard < self._stall_after for s in self._by_name.values()
+        )
+
     async def wait_healthy(self, timeout: float) -> bool:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout

@@ -1,0 +1,207 @@
+"""Redis loses a primary during traffic: nothing lost, nothing duplicated.
+
+Each test starts its own topology (a 3-primary / 3-replica Cluster, or a primary with a
+replica and three Sentinels), chatcore and three gateway processes on it, and pairs of
+users chatting across gateways. Mid-way the primary carrying the first receiver's
+channel is SIGKILLed. The test then shows the replica promoted, every gateway
+subscribed again (an SSE stream held on each gateway since before the kill receives a
+message sent after it) and every message delivered once, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from redis.crc import key_slot
+
+from bench.redis_servers import (
+    Topology,
+    TopologyError,
+    redis_cli,
+    start_cluster,
+    start_sentinel,
+    wait_until,
+)
+from longtail.settings import LOAD_TEST_LIMITS
+from longtail.wire import Keys
+from tests.client import Client
+from tests.e2e.cluster import Cluster, base_env
+from tests.streams import read_stream
+
+pytestmark = pytest.mark.e2e
+
+PAIRS = 6
+MESSAGES = 60  # per pair
+SEND_GAP = 0.03
+PROMOTION_DEADLINE = 30.0
+
+
+@pytest.fixture(params=["cluster", "sentinel"])
+def topology(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Topology]:
+    start = start_cluster if request.param == "cluster" else start_sentinel
+    topo = start(tmp_path / "redis")
+    try:
+        yield topo
+    finally:
+        topo.stop()
+
+
+@pytest.fixture
+async def gateways(
+    topology: Topology, e2e_database_url: str, tmp_path: Path
+) -> AsyncIterator[tuple[Cluster, str]]:
+    prefix = f"fo{uuid.uuid4().hex[:8]}"
+    env = base_env(topology.url, e2e_database_url, prefix)
+    env.update(LOAD_TEST_LIMITS)
+    env.update(
+        {
+            "LONGTAIL_REDIS_PING_INTERVAL": "1",
+            "LONGTAIL_UNSUBSCRIBE_GRACE": "2",
+            # This test is about re-subscribing, not about handing clients away.
+            "LONGTAIL_REDIS_LOST_DRAIN_AFTER": "120",
+        }
+    )
+    procs = Cluster.build(tmp_path, env, gateways=3)
+    try:
+        await procs.start()
+        yield procs, prefix
+    finally:
+        procs.stop()
+
+
+def owner_of(topology: Topology, channel: str) -> int:
+    """The port of the primary that carries `channel` now."""
+    if topology.kind == "sentinel":
+        return topology.sentinel_primary()
+    slot = key_slot(channel.encode())
+    for port in topology.primaries():
+        for line in redis_cli(port, "CLUSTER", "NODES").splitlines():
+            fields = line.split()
+            if "myself" in fields[2] and "master" in fields[2]:
+                for span in fields[8:]:
+                    low, _, high = span.partition("-")
+                    if low.isdigit() and int(low) <= slot <= int(high or low):
+                        return port
+    raise TopologyError(f"no primary owns slot {slot}")
+
+
+async def receive(client: Client, urls: list[str], want: int, stop: asyncio.Event) -> list[str]:
+    """Long-poll like a browser: rotate gateways, retry errors, resume from the cursor."""
+    bodies: list[str] = []
+    for attempt in itertools.count():
+        if len(bodies) >= want or stop.is_set():
+            break
+        try:
+            resp = await client.request(
+                "GET",
+                f"/api/events?cursor={client.cursor}&timeout=2",
+                base=urls[attempt % len(urls)],
+                timeout=10,
+            )
+        except (aiohttp.ClientError, TimeoutError):
+            await asyncio.sleep(0.2)
+            continue
+        if resp.status != 200:
+            await asyncio.sleep(0.2)
+            continue
+        for event in resp.body["events"]:
+            if event.get("type") == "message":
+                bodies.append(event["message"]["body"])
+        client.cursor = resp.body["cursor"]
+    return bodies
+
+
+async def send_all(sender: Client, to: Client, urls: list[str], tag: str) -> None:
+    """Send MESSAGES, each retried with its client_id until stored (as longtail.js does)."""
+    for n in range(MESSAGES):
+        client_id = f"{tag}-{n}"
+        for attempt in itertools.count():
+            try:
+                resp = await sender.send(
+                    to, f"{tag}:{n}", client_id=client_id, base=urls[(n + attempt) % len(urls)]
+                )
+                if resp.status == 201:
+                    break
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            assert attempt < 200, f"{tag}:{n} never stored"
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(SEND_GAP)
+
+
+async def test_primary_killed_during_traffic_nothing_lost_or_duplicated(
+    topology: Topology, gateways: tuple[Cluster, str], http: aiohttp.ClientSession
+) -> None:
+    procs, prefix = gateways
+    urls = procs.urls
+    senders, receivers = [], []
+    for i in range(PAIRS):
+        sender = await Client(http, urls[i % 3]).signup(f"s{uuid.uuid4().hex[:8]}")
+        receiver = await Client(http, urls[(i + 1) % 3]).signup(f"r{uuid.uuid4().hex[:8]}")
+        await sender.befriend(receiver)
+        receiver.cursor = (await receiver.request("GET", "/api/events")).body["cursor"]
+        senders.append(sender)
+        receivers.append(receiver)
+
+    # Streams held through the failover: their channel stays subscribed on each gateway,
+    # so only the hub's own re-subscription can bring them what is sent after it.
+    watcher = receivers[0]
+    watching = [
+        asyncio.create_task(
+            read_stream(
+                http,
+                f"{url}/api/events/stream?cursor={watcher.cursor}",
+                watcher.headers(),
+                "sse",
+                lambda got: any(
+                    e.get("type") == "message" and e["message"]["body"] == "after"
+                    for e in got.events
+                ),
+                deadline=120,
+            )
+        )
+        for url in urls
+    ]
+    victim_port = owner_of(topology, Keys(prefix).channel(watcher.user_id))
+    stop = asyncio.Event()
+    receiving = [
+        asyncio.create_task(receive(r, urls[i % 3 :] + urls[: i % 3], MESSAGES, stop))
+        for i, r in enumerate(receivers)
+    ]
+    sending = [
+        asyncio.create_task(send_all(s, r, urls, f"p{i}"))
+        for i, (s, r) in enumerate(zip(senders, receivers, strict=True))
+    ]
+
+    await asyncio.sleep(MESSAGES * SEND_GAP / 3)
+    topology.node(victim_port).kill()
+    # The replica takes over: a different port now carries the receiver's channel.
+    await asyncio.to_thread(
+        wait_until,
+        "a replica promoted",
+        lambda: owner_of(topology, Keys(prefix).channel(receivers[0].user_id)) != victim_port,
+        PROMOTION_DEADLINE,
+    )
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*sending), 90)
+        results = await asyncio.wait_for(asyncio.gather(*receiving), 60)
+    finally:
+        stop.set()
+    for i, bodies in enumerate(results):
+        assert bodies == [f"p{i}:{n}" for n in range(MESSAGES)], f"pair {i}"
+
+    # Every gateway hears the promoted primary: each stream gets a message sent now.
+    sender = senders[0]
+    assert all(not w.done() for w in watching), "a stream ended during the failover"
+    assert (await sender.send(watcher, "after")).status == 201
+    streams = await asyncio.wait_for(asyncio.gather(*watching), 10)
+    for n, got in enumerate(streams):
+        bodies = [e["message"]["body"] for e in got.events if e.get("type") == "message"]
+        assert bodies == [*(f"p0:{k}" for k in range(MESSAGES)), "after"], f"gateway {n + 1}"
