@@ -130,11 +130,11 @@ class Server:
         return True
 
 
-def data_node_argv(port: int, *extra: str) -> list[str]:
+def data_node_argv(port: int, *extra: str, bind: str = HOST) -> list[str]:
     return [
         "redis-server",
         "--bind",
-        HOST,
+        bind,
         "--port",
         str(port),
         "--save",
