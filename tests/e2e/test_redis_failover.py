@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
@@ -32,7 +33,7 @@ from longtail.settings import LOAD_TEST_LIMITS
 from longtail.wire import Keys
 from tests.client import Client
 from tests.e2e.cluster import Cluster, base_env
-from tests.streams import read_stream
+from tests.streams import Received, read_stream
 
 pytestmark = pytest.mark.e2e
 
@@ -53,11 +54,37 @@ def topology(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Topolog
 
 
 @pytest.fixture
+def cluster_only(tmp_path: Path) -> Iterator[Topology]:
+    topo = start_cluster(tmp_path / "redis")
+    try:
+        yield topo
+    finally:
+        topo.stop()
+
+
+@pytest.fixture
 async def gateways(
     topology: Topology, e2e_database_url: str, tmp_path: Path
 ) -> AsyncIterator[tuple[Cluster, str]]:
+    async with running(topology, e2e_database_url, tmp_path) as procs:
+        yield procs
+
+
+@pytest.fixture
+async def cluster_gateways(
+    cluster_only: Topology, e2e_database_url: str, tmp_path: Path
+) -> AsyncIterator[tuple[Cluster, str]]:
+    async with running(cluster_only, e2e_database_url, tmp_path) as procs:
+        yield procs
+
+
+@asynccontextmanager
+async def running(
+    topology: Topology, database_url: str, tmp_path: Path
+) -> AsyncIterator[tuple[Cluster, str]]:
+    """chatcore and three gateways on the topology; yields them and their key prefix."""
     prefix = f"fo{uuid.uuid4().hex[:8]}"
-    env = base_env(topology.url, e2e_database_url, prefix)
+    env = base_env(topology.url, database_url, prefix)
     env.update(LOAD_TEST_LIMITS)
     env.update(
         {
@@ -205,3 +232,83 @@ async def test_primary_killed_during_traffic_nothing_lost_or_duplicated(
     for n, got in enumerate(streams):
         bodies = [e["message"]["body"] for e in got.events if e.get("type") == "message"]
         assert bodies == [*(f"p0:{k}" for k in range(MESSAGES)), "after"], f"gateway {n + 1}"
+
+
+def node_id(port: int) -> str:
+    return redis_cli(port, "CLUSTER", "MYID")
+
+
+def move_slot(topology: Topology, slot: int, source: int, target: int) -> None:
+    """Reshard one slot by hand, keys included, as `redis-cli --cluster reshard` does."""
+    source_id, target_id = node_id(source), node_id(target)
+    redis_cli(target, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", source_id)
+    redis_cli(source, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", target_id)
+    while keys := redis_cli(source, "CLUSTER", "GETKEYSINSLOT", str(slot), "100").split():
+        redis_cli(source, "MIGRATE", "127.0.0.1", str(target), "", "0", "5000", "KEYS", *keys)
+    for port in topology.primaries():
+        redis_cli(port, "CLUSTER", "SETSLOT", str(slot), "NODE", target_id)
+
+
+def has_message(body: str) -> Callable[[Received], bool]:
+    return lambda got: any(
+        e.get("type") == "message" and e["message"]["body"] == body for e in got.events
+    )
+
+
+async def test_slot_moved_under_held_streams_the_gateways_follow_it(
+    cluster_only: Topology, cluster_gateways: tuple[Cluster, str], http: aiohttp.ClientSession
+) -> None:
+    """Resharding: the old owner drops the channel (-sunsubscribe); every gateway finds
+    the new owner, subscribes there, and its held stream gets what is sent next."""
+    procs, prefix = cluster_gateways
+    urls = procs.urls
+    alice = await Client(http, urls[0]).signup(f"a{uuid.uuid4().hex[:8]}")
+    bob = await Client(http, urls[1]).signup(f"b{uuid.uuid4().hex[:8]}")
+    await alice.befriend(bob)
+    bob.cursor = (await bob.request("GET", "/api/events")).body["cursor"]
+    streams = [
+        asyncio.create_task(
+            read_stream(
+                http,
+                f"{url}/api/events/stream?cursor={bob.cursor}",
+                bob.headers(),
+                "sse",
+                has_message("after the move"),
+                deadline=60,
+            )
+        )
+        for url in urls
+    ]
+    first = asyncio.create_task(
+        read_stream(
+            http,
+            f"{urls[2]}/api/events/stream?cursor={bob.cursor}",
+            bob.headers(),
+            "sse",
+            has_message("before the move"),
+            deadline=30,
+        )
+    )
+    assert (await alice.send(bob, "before the move")).status == 201
+    await asyncio.wait_for(first, 30)
+
+    channel = Keys(prefix).channel(bob.user_id)
+    slot = key_slot(channel.encode())
+    source = owner_of(cluster_only, channel)
+    # Every gateway holds the channel on its owner before the move.
+    await asyncio.to_thread(
+        wait_until,
+        "three gateways subscribed",
+        lambda: redis_cli(source, "PUBSUB", "SHARDNUMSUB", channel).split()[-1] == "3",
+    )
+    target = next(p for p in cluster_only.primaries() if p != source)
+    await asyncio.to_thread(move_slot, cluster_only, slot, source, target)
+    await asyncio.to_thread(
+        wait_until, "the slot moved", lambda: owner_of(cluster_only, channel) == target
+    )
+
+    assert all(not s.done() for s in streams), "a stream ended during the move"
+    assert (await alice.send(bob, "after the move")).status == 201
+    for n, got in enumerate(await asyncio.wait_for(asyncio.gather(*streams), 30)):
+        bodies = [e["message"]["body"] for e in got.events if e.get("type") == "message"]
+        assert bodies == ["before the move", "after the move"], f"gateway {n + 1}"
