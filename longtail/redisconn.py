@@ -113,10 +113,9 @@ def command_client(url: str, *, max_connections: int, **options: Any) -> Redis:
     if address.kind == "sentinel":
         return primary_client(address, max_connections=max_connections, **options)
     # A burst waits briefly for a free connection instead of failing at once.
-    return Redis(
-        connection_pool=BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=5, **options
-        )
+    # from_pool: the client owns the pool, so closing the client closes its connections.
+    return Redis.from_pool(
+        BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=5, **options)
     )
 
 
