@@ -9,16 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import tornado.web
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from tornado.httpserver import HTTPServer
-from tornado.log import access_log
 from tornado.netutil import bind_sockets
 
 from gateway import api
 from gateway.auth import Authenticator
-from gateway.base import DRAIN_LIMIT, Services, redact_uri
+from gateway.base import DRAIN_LIMIT, Services, log_access
 from gateway.catchup import Catchup
 from gateway.chatcore_client import ChatcoreClient
 from gateway.health import Healthz, Metrics, Readyz
@@ -26,18 +25,24 @@ from gateway.hub import Hub
 from gateway.limits import ConnectionLimits, RateLimiter
 from gateway.metrics import GatewayMetrics
 from gateway.presence import Presence
+from gateway.shards import Shards, SingleShard, shards_for
 from gateway.transports.iframe import ForeverIframe
 from gateway.transports.jsonp import JsonpPoll
+from gateway.transports.lean import EventsApplication, HeldJsonp, HeldPoll
 from gateway.transports.longpoll import LongPoll
 from gateway.transports.multipart import MultipartStream
 from gateway.transports.sse import EventStream
 from gateway.transports.websocket import EventSocket
 from gateway.transports.xhr import XhrStream
+from longtail.redisconn import command_client
 from longtail.settings import Settings
 from longtail.web import NotFoundHandler
 from longtail.wire import Keys
 
 log = logging.getLogger("longtail.gateway")
+
+# How often a gateway checks that it can still hear Redis (see Gateway._watch_redis).
+REDIS_WATCH_INTERVAL = 0.5
 
 ID = r"(\d{1,18})"
 STATIC = str(Path(__file__).with_name("static"))
@@ -45,18 +50,13 @@ STATIC = str(Path(__file__).with_name("static"))
 
 def log_request(handler: tornado.web.RequestHandler) -> None:
     """Tornado's access log line, minus session tokens passed in URLs (script/iframe)."""
-    status = handler.get_status()
-    log_method = access_log.info if status < 400 else access_log.warning
-    if status >= 500:
-        log_method = access_log.error
     request = handler.request
-    log_method(
-        "%d %s %s (%s) %.2fms",
-        status,
-        request.method,
-        redact_uri(request.uri or ""),
+    log_access(
+        handler.get_status(),
+        request.method or "",
+        request.uri or "",
         request.remote_ip,
-        1000.0 * request.request_time(),
+        request.request_time(),
     )
 
 
@@ -79,14 +79,10 @@ class StaticFiles(tornado.web.StaticFileHandler):
         self.set_header("X-Frame-Options", "SAMEORIGIN")
 
 
-def command_pool(url: str) -> BlockingConnectionPool:
-    """Redis connections for sessions, catch-up, presence and limits.
-
-    A burst of requests waits briefly for a free connection instead of failing at once
-    (redis-py's default pool raises past 100), which would send every lookup of the
-    burst to chatcore instead.
-    """
-    return BlockingConnectionPool.from_url(url, max_connections=256, timeout=5)
+# Redis connections for sessions, catch-up, presence and limits. On one server a burst
+# waits briefly for a free one instead of failing at once (redis-py's default pool
+# raises past 100), which would send every lookup of the burst to chatcore instead.
+COMMAND_POOL = 256
 
 
 def subscriber_options() -> dict[str, Any]:
@@ -132,7 +128,12 @@ def make_app(services: Services) -> tornado.web.Application:
         ),
         (r"/()", StaticFiles, {"path": STATIC, "default_filename": "index.html"}),
     ]
-    return tornado.web.Application(
+    # Held GET polls skip the RequestHandler (gateway.transports.lean): most of their
+    # life is idle, and a handler's per-request state doubles what an idle one costs.
+    lean: dict[str, type[HeldPoll]] = {"/api/events": HeldPoll, "/api/events/jsonp": HeldJsonp}
+    return EventsApplication(
+        services,
+        lean,
         [(path, handler, {"services": services}) for path, handler in routes] + static,
         default_handler_class=NotFoundHandler,
         log_function=log_request,
@@ -146,15 +147,27 @@ class Gateway:
     """One gateway process: start() connects and serves, stop() drains and closes."""
 
     def __init__(
-        self, settings: Settings, *, redis: Redis | None = None, subscriber: Redis | None = None
+        self,
+        settings: Settings,
+        *,
+        redis: Redis | None = None,
+        subscriber: Redis | Shards | None = None,
     ) -> None:
         keys = Keys(settings.redis_prefix)
         self.settings = settings
         self.metrics = GatewayMetrics()
-        self.redis = redis or Redis(connection_pool=command_pool(settings.redis_url))
-        self.subscriber = subscriber or Redis.from_url(settings.redis_url, **subscriber_options())
+        self.redis = redis or command_client(settings.redis_url, max_connections=COMMAND_POOL)
+        if subscriber is None:
+            subscriber = shards_for(settings.redis_url, **subscriber_options())
+        elif isinstance(subscriber, Redis):
+            subscriber = SingleShard(subscriber)
         self.chatcore = ChatcoreClient(settings.chatcore_url, settings.secret, self.metrics)
-        self.hub = Hub(self.subscriber, keys, unsubscribe_grace=settings.unsubscribe_grace)
+        self.hub = Hub(
+            subscriber,
+            keys,
+            unsubscribe_grace=settings.unsubscribe_grace,
+            ping_interval=settings.redis_ping_interval,
+        )
         self.catchup = Catchup(self.redis, keys, self.chatcore)
         self.presence = Presence(self.redis, keys, self.hub, self.chatcore)
         self.metrics.watch(self.hub, self.catchup)
@@ -175,11 +188,13 @@ class Gateway:
         )
         self.server: HTTPServer | None = None
         self.port: int | None = None
+        self._redis_watch: asyncio.Task[None] | None = None
 
     async def start(self, port: int | None = None) -> None:
         await self.chatcore.start()
         await self.hub.start()
         await self.presence.start()
+        self._redis_watch = asyncio.create_task(self._watch_redis(), name="redis-lost-drain")
         sockets = bind_sockets(
             self.settings.port if port is None else port, address=self.settings.host
         )
@@ -211,6 +226,8 @@ class Gateway:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.drain_seconds
         self.services.draining = True
+        if self._redis_watch is not None:
+            self._redis_watch.cancel()
         if self.server is not None:
             self.server.stop()
         held = self.hub.connection_count()
@@ -228,4 +245,35 @@ class Gateway:
         await self.hub.stop()
         await self.chatcore.close()
         await self.redis.aclose()
-        await self.subscriber.aclose()
+
+    async def _watch_redis(self) -> None:
+        """A gateway that cannot hear Redis hands its clients to the gateways that can.
+
+        Its held requests end as on SIGTERM (long-polls answer with their cursor,
+        streams close with a spread retry hint) and new ones get a 503 with
+        Retry-After (nginx tries the next gateway), until it hears Redis again.
+        Readiness is false meanwhile. When every gateway has lost Redis, the 503s make
+        clients back off instead of polling in a loop.
+        """
+        limits = self.services.connections
+        loop = asyncio.get_running_loop()
+        lost_since: float | None = None
+        while True:
+            await asyncio.sleep(REDIS_WATCH_INTERVAL)
+            if self.hub.reachable:
+                lost_since = None
+                if limits.redis_lost:
+                    log.info("redis reachable again: taking clients")
+                    limits.redis_lost = False
+                continue
+            if lost_since is None:
+                lost_since = loop.time()
+            if limits.redis_lost or loop.time() - lost_since < self.settings.redis_lost_drain_after:
+                continue
+            log.warning(
+                "redis unreachable for %.1fs: handing %d held connection(s) to other gateways",
+                loop.time() - lost_since,
+                self.hub.connection_count(),
+            )
+            limits.redis_lost = True
+            self.hub.close_all("draining")

@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 import tornado.web
+from tornado.log import access_log
 
 from gateway.auth import Authenticator, User, request_token
 from gateway.catchup import Catchup
@@ -62,6 +63,14 @@ def redact_uri(uri: str) -> str:
         name, eq, _ = pair.partition("=")
         parts.append(f"{name}=[redacted]" if eq and unquote_plus(name) == "token" else pair)
     return f"{path}?{'&'.join(parts)}"
+
+
+def log_access(status: int, method: str, uri: str, ip: str | None, seconds: float) -> None:
+    """Tornado's access log line, minus session tokens passed in URLs (script/iframe)."""
+    log_method = access_log.info if status < 400 else access_log.warning
+    if status >= 500:
+        log_method = access_log.error
+    log_method("%d %s %s (%s) %.2fms", status, method, redact_uri(uri), ip, 1000.0 * seconds)
 
 
 # Writes must not come from a cross-site form: a form (or any request a page may send

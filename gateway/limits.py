@@ -43,11 +43,14 @@ class RateLimiter:
         """Count one use of `rate` by `subject`; a 429 with Retry-After past the limit."""
         key = self._keys.rate(rate.name, subject)
         try:
-            pipe = self._redis.pipeline(transaction=True)
-            pipe.set(key, 0, ex=rate.window, nx=True)
+            # No MULTI (a Cluster client would need one connection per slot for it):
+            # whoever creates the counter also gives it its window, and the NX expiry
+            # never extends a running window.
+            pipe = self._redis.pipeline(transaction=False)
             pipe.incr(key)
+            pipe.expire(key, rate.window, nx=True)
             pipe.ttl(key)
-            _, used, ttl = await pipe.execute()
+            used, _, ttl = await pipe.execute()
         except RedisError as exc:
             log.warning("rate limit %s not checked, Redis unavailable: %s", rate.name, exc)
             return
@@ -71,8 +74,18 @@ class ConnectionLimits:
         self._users: Counter[int] = Counter()
         self._ips: Counter[str] = Counter()
         self.held = 0
+        # Set while the gateway cannot hear Redis: it could hold a request but never
+        # complete it, so clients (and nginx's next-upstream) go to another gateway.
+        self.redis_lost = False
 
     def check(self, user_id: int, ip: str) -> None:
+        if self.redis_lost:
+            raise ApiError(
+                503,
+                "redis_unavailable",
+                "This server cannot receive events right now; try another.",
+                headers={"Retry-After": "1"},
+            )
         if self.held >= self.total:
             raise ApiError(
                 503,
@@ -89,18 +102,26 @@ class ConnectionLimits:
                 429, "too_many_connections", f"At most {self.per_ip} open connections per address."
             )
 
-    @contextmanager
-    def admitted(self, user_id: int, ip: str) -> Iterator[None]:
+    def acquire(self, user_id: int, ip: str) -> None:
+        """Count a connection in, or refuse it (429/503) leaving the counts as they were.
+        Every acquire is matched by exactly one release."""
         self.check(user_id, ip)
         self._users[user_id] += 1
         self._ips[ip] += 1
         self.held += 1
+
+    def release(self, user_id: int, ip: str) -> None:
+        self.held -= 1
+        _release(self._users, user_id)
+        _release(self._ips, ip)
+
+    @contextmanager
+    def admitted(self, user_id: int, ip: str) -> Iterator[None]:
+        self.acquire(user_id, ip)
         try:
             yield
         finally:
-            self.held -= 1
-            _release(self._users, user_id)
-            _release(self._ips, ip)
+            self.release(user_id, ip)
 
 
 def _release(counter: Counter[Any], key: Any) -> None:

@@ -32,9 +32,12 @@ class Mailbox:
     def __init__(self, limit: int, session: str = "") -> None:
         self.limit = limit
         self.session = session  # the login it was opened with (see Hub: revocations)
-        self._events: list[Event] = []
-        self._ephemeral: list[Event] = []
-        self._waiter: asyncio.Future[None] | None = None
+        # Lists only once something arrives: most held connections idle with none.
+        self._events: list[Event] | None = None
+        self._ephemeral: list[Event] | None = None
+        # Who to wake: a coroutine's future (wait), or a held request's callback
+        # (on_ready), which costs no task or frame while the connection idles.
+        self._waiter: asyncio.Future[None] | Callable[[], None] | None = None
         # True until the first catch-up, and again whenever pub/sub may have lost
         # something (a reconnect): the feed then reads storage instead of trusting us.
         self.stale = True
@@ -48,25 +51,30 @@ class Mailbox:
     def deliver(self, event: Event) -> None:
         if self.overflowed:
             return  # the connection is being cut; it will resume from its cursor
-        if len(self._events) < self.limit:
+        if self._events is None:
+            self._events = [event]
+        elif len(self._events) < self.limit:
             self._events.append(event)
         else:
             self.overflowed = True
-            self._events.clear()  # the client resumes from its cursor; free them now
+            self._events = None  # the client resumes from its cursor; free them now
             if self.on_overflow is not None:
                 self.on_overflow()
         self._wake()
 
     def deliver_ephemeral(self, event: Event) -> None:
         """Typing, presence: the newest matter; past the limit the oldest are dropped."""
-        if len(self._ephemeral) >= EPHEMERAL_LIMIT:
-            del self._ephemeral[0]
-        self._ephemeral.append(event)
+        if self._ephemeral is None:
+            self._ephemeral = [event]
+        else:
+            if len(self._ephemeral) >= EPHEMERAL_LIMIT:
+                del self._ephemeral[0]
+            self._ephemeral.append(event)
         self._wake()
 
     def take_ephemeral(self) -> list[Event]:
-        events, self._ephemeral = self._ephemeral, []
-        return events
+        events, self._ephemeral = self._ephemeral, None
+        return events if events is not None else []
 
     def resync(self) -> None:
         self.stale = True
@@ -78,8 +86,8 @@ class Mailbox:
         self._wake()
 
     def take(self) -> list[Event]:
-        events, self._events = self._events, []
-        return events
+        events, self._events = self._events, None
+        return events if events is not None else []
 
     @property
     def ready(self) -> bool:
@@ -104,9 +112,28 @@ class Mailbox:
             timer.cancel()
             self._waiter = None
 
+    def on_ready(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once, as soon as there is something to look at (at once if
+        there is already): `wait` for code that holds no coroutine while idle."""
+        if self.ready:
+            callback()
+        else:
+            self._waiter = callback
+
+    def cancel_ready(self) -> None:
+        """Forget the callback given to `on_ready` (the request ended another way)."""
+        if not isinstance(self._waiter, asyncio.Future):
+            self._waiter = None
+
     def _wake(self) -> None:
-        if self._waiter is not None:
-            _settle(self._waiter)
+        waiter = self._waiter
+        if waiter is None:
+            return
+        if isinstance(waiter, asyncio.Future):
+            _settle(waiter)
+        else:
+            self._waiter = None
+            waiter()
 
 
 def _settle(waiter: asyncio.Future[None]) -> None:

@@ -11,6 +11,7 @@ from gateway.cursors import events_json, parse_cursor
 from gateway.feed import Closed, Feed
 from gateway.transports import held, new_feed
 from longtail.errors import bad_request
+from longtail.settings import Settings
 from longtail.wire import Event
 
 
@@ -53,17 +54,20 @@ class LongPoll(GatewayHandler):
             self.feed.mailbox.close("gone")
 
     def _timeout(self) -> float:
-        settings = self.services.settings
-        raw = self.get_query_argument("timeout", None)
-        if raw is None or raw == "":
-            return settings.poll_timeout
-        try:
-            value = float(raw)
-        except ValueError:
-            value = -1.0
-        if not 0 <= value <= settings.poll_timeout_max:
-            raise bad_request(
-                f"'timeout' must be a number of seconds from 0 to {settings.poll_timeout_max:g}.",
-                "invalid_timeout",
-            )
-        return value
+        return poll_timeout(self.get_query_argument("timeout", None), self.services.settings)
+
+
+def poll_timeout(raw: str | None, settings: Settings) -> float:
+    """The wait a poll asked for (`timeout=`, seconds), within the configured bounds."""
+    if raw is None or raw == "":
+        return settings.poll_timeout
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= settings.poll_timeout_max:
+        raise bad_request(
+            f"'timeout' must be a number of seconds from 0 to {settings.poll_timeout_max:g}.",
+            "invalid_timeout",
+        )
+    return value

@@ -7,6 +7,8 @@ import uuid
 
 import pytest
 
+from gateway.limits import ConnectionLimits
+from longtail.errors import ApiError
 from tests.client import Client
 from tests.waiting import eventually
 
@@ -98,3 +100,28 @@ async def test_a_full_gateway_answers_503_with_retry_after(pair, tight):
     assert resp.status == 503 and resp.error_code == "gateway_full"
     assert resp.headers["Retry-After"] == "2"
     assert (await bob.request("GET", "/api/me", base=tight.urls[1])).status == 200
+
+
+def test_a_gateway_that_lost_redis_sends_new_held_requests_elsewhere() -> None:
+    limits = ConnectionLimits(per_user=5, per_ip=5, total=10)
+    limits.redis_lost = True
+    with pytest.raises(ApiError) as refused:
+        limits.acquire(1, "10.0.0.1")
+    assert (refused.value.status, refused.value.code) == (503, "redis_unavailable")
+    assert refused.value.headers == {"Retry-After": "1"}
+    assert limits.held == 0
+    limits.redis_lost = False
+    limits.acquire(1, "10.0.0.1")
+    assert limits.held == 1
+
+
+def test_connection_limits_acquire_and_release_in_pairs() -> None:
+    limits = ConnectionLimits(per_user=1, per_ip=5, total=5)
+    limits.acquire(1, "a")
+    with pytest.raises(ApiError) as refused:
+        limits.acquire(1, "a")
+    assert refused.value.status == 429
+    assert limits.held == 1
+    limits.release(1, "a")
+    assert limits.held == 0
+    limits.acquire(1, "a")  # the slot is free again

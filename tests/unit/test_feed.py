@@ -112,3 +112,28 @@ class PagedStorage(Storage):
     async def after(self, user_id: int, cursor: int) -> list[Event]:
         self.reads.append(cursor)
         return [ev(s) for s in range(cursor + 1, min(self.upto, cursor + PAGE) + 1)]
+
+
+def test_mailbox_calls_back_once_when_something_arrives() -> None:
+    mailbox = Mailbox(4)
+    mailbox.stale = False
+    calls: list[int] = []
+    mailbox.on_ready(lambda: calls.append(1))
+    assert calls == []
+    mailbox.deliver(ev(1))
+    mailbox.deliver(ev(2))
+    assert calls == [1]  # once: the callback is forgotten when called
+    assert [e.seq for e in mailbox.take()] == [1, 2] and mailbox.take() == []
+    mailbox.on_ready(lambda: calls.append(2))
+    mailbox.cancel_ready()
+    mailbox.close("gone")
+    assert calls == [1]
+    mailbox.on_ready(lambda: calls.append(3))  # already ready: called at once
+    assert calls == [1, 3]
+
+
+def test_mailbox_overflow_frees_its_events() -> None:
+    mailbox = Mailbox(2)
+    for seq in (1, 2, 3):
+        mailbox.deliver(ev(seq))
+    assert mailbox.overflowed and mailbox.take() == []

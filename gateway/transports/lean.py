@@ -1,0 +1,447 @@
+"""The lean path for held polls: GET /api/events and /api/events/jsonp without a RequestHandler.
+
+Why: a held long-poll spends nearly all its life idle, and on Tornado's full handler path
+an idle one kept about 20 KiB alive (the handler and its dicts, the parsed request, the
+handler's task and a chain of coroutine frames, the hub's context managers). Tornado's
+own connection (HTTP1Connection, IOStream, its serving task) is about 7.5 KiB of that
+and is the floor; DESIGN.md allows 10 KiB in all. So here a held poll is one slotted
+object on Tornado's HTTPMessageDelegate interface, and while it waits it holds no task
+and no frame: the mailbox calls it back (Mailbox.on_ready) or its timer fires. Work that
+needs I/O (authentication, catch-up) runs in a short task that ends before the wait.
+
+The contract is LongPoll's and JsonpPoll's, answer for answer: same statuses, JSON
+errors, headers (request id, nosniff, no-store, Etag), access log line, metrics,
+connection limits, hub registration and drain behaviour. Only GET takes this path;
+anything else goes to the regular handlers (which answer 405 as before).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import hashlib
+import json
+import logging
+import re
+import time
+from contextlib import AbstractAsyncContextManager
+from typing import Any, cast
+
+import tornado.web
+from tornado import httputil
+from tornado.escape import utf8
+from tornado.http1connection import HTTP1Connection
+
+from gateway.auth import request_token
+from gateway.base import PIGGYBACK_HEADER, Services, log_access, redact_uri
+from gateway.cursors import events_json, parse_cursor, script_safe, valid_callback
+from gateway.feed import Closed, Feed
+from gateway.metrics import POLLS
+from gateway.transports import new_feed
+from gateway.transports.longpoll import poll_timeout
+from longtail.errors import ApiError
+from longtail.logs import REQUEST_ID_HEADER, begin_request
+from longtail.web import STATUS_CODES
+from longtail.wire import Event
+
+log = logging.getLogger("longtail.gateway")
+api_log = logging.getLogger("longtail.web")
+
+JAVASCRIPT = "application/javascript; charset=utf-8"
+# An empty context, shared by every idle poll's timer (see HeldPoll._step).
+IDLE_CONTEXT = contextvars.Context()
+JSON_TYPE = "application/json; charset=utf-8"
+# What RequestHandler.get_query_argument does to a value (tornado.web).
+CONTROL_CHARS = re.compile(r"[\x00-\x08\x0e-\x1f]")
+ETAGS = re.compile(rb'\*|(?:W/)?"[^"]*"')
+
+
+def query_argument(query: dict[str, list[bytes]], name: str) -> str | None:
+    """RequestHandler.get_query_argument(name, None): the last value, decoded and stripped."""
+    values = query.get(name)
+    if not values:
+        return None
+    raw = values[-1]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise tornado.web.HTTPError(400, f"Invalid unicode in {name}: {raw[:40]!r}") from None
+    return CONTROL_CHARS.sub(" ", text).strip()
+
+
+class HeldPoll(httputil.HTTPMessageDelegate):
+    """One GET long-poll, from its request to its answer."""
+
+    __slots__ = (
+        "_admitted",
+        "_cm",
+        "_conn",
+        "_deadline",
+        "_feed",
+        "_if_none_match",
+        "_ip",
+        "_request",
+        "_request_id",
+        "_started",
+        "_task",
+        "_timer",
+        "_uri",
+        "services",
+    )
+    transport = "longpoll"
+    query_token = False
+
+    def __init__(self, services: Services, conn: HTTP1Connection) -> None:
+        self.services = services
+        self._conn = conn
+        self._request: httputil.HTTPServerRequest | None = None
+        self._feed: Feed | None = None
+        self._cm: AbstractAsyncContextManager[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._admitted = False
+        self._request_id = ""
+        self._deadline = 0.0
+        # The step running now, if any: asyncio keeps only weak references to tasks.
+        self._task: asyncio.Future[None] | None = None
+
+    # -- HTTPMessageDelegate: the request arrives --------------------------------------
+
+    def headers_received(
+        self,
+        start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
+        headers: httputil.HTTPHeaders,
+    ) -> None:
+        assert isinstance(start_line, httputil.RequestStartLine)  # a server's delegate
+        self._request = httputil.HTTPServerRequest(
+            connection=self._conn, start_line=start_line, headers=headers
+        )
+        self._started = time.time()
+        self._uri = start_line.path
+        self._ip = self._request.remote_ip or ""
+        self._if_none_match = headers.get("If-None-Match")
+
+    def data_received(self, chunk: bytes) -> None:
+        """A GET's body means nothing here, as on the handler path: dropped."""
+
+    def finish(self) -> None:
+        # Like a stream_request_body handler's get(): once the whole request is in.
+        self._conn.set_close_callback(self._gone)
+        self._task = asyncio.ensure_future(self._run(self._start()))
+
+    def on_connection_close(self) -> None:
+        """Gone while still sending its request: nothing was started."""
+
+    # -- the work ---------------------------------------------------------------------
+
+    def prepare(self, query: dict[str, list[bytes]]) -> None:
+        """Checks made before authentication (JSONP: the callback's name)."""
+
+    async def _start(self) -> None:
+        request = self._request
+        assert request is not None
+        self._request_id = begin_request(request.headers.get(REQUEST_ID_HEADER))
+        query = request.query_arguments
+        self.prepare(query)
+        services = self.services
+        token = request_token(request)
+        if token is None and self.query_token:
+            token = query_argument(query, "token")
+        user = await services.auth.user(token)
+        # Checked before the request does anything, so a bad header changes nothing.
+        parse_cursor(request.headers.get(PIGGYBACK_HEADER))
+        cursor = parse_cursor(query_argument(query, "cursor"))
+        timeout = poll_timeout(query_argument(query, "timeout"), services.settings)
+        self._request = None  # what is left to hold is ours: no headers, no arguments
+        if cursor is None:
+            self._answer([], await services.catchup.head(user.id))
+            return
+        self._feed = feed = new_feed(services, user, cursor)
+        services.connections.acquire(user.id, self._ip)
+        self._admitted = True
+        services.metrics.held.labels(self.transport).inc()
+        if self.transport in POLLS:
+            services.metrics.pending_polls.inc()
+        self._cm = cm = services.hub.listen(user.id, feed.mailbox)
+        await cm.__aenter__()
+        if services.draining:
+            # Arrived on a kept-alive connection after SIGTERM: go elsewhere now.
+            feed.mailbox.close("draining")
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.time() + timeout
+        await self._step(await feed.next(0), loop)
+
+    async def _resume(self) -> None:
+        begin_request(self._request_id)
+        feed = self._feed
+        assert feed is not None
+        loop = asyncio.get_running_loop()
+        await self._step(await feed.next(max(0.0, self._deadline - loop.time())), loop)
+
+    async def _step(self, events: list[Event], loop: asyncio.AbstractEventLoop) -> None:
+        """Answer with `events`, or go idle until the mailbox or the timer calls back."""
+        feed = self._feed
+        assert feed is not None
+        remaining = self._deadline - loop.time()
+        if events or remaining <= 0:
+            self._leave()
+            self.services.metrics.wrote(self.transport, events)
+            self._answer(events, feed.cursor)
+            return
+        wake = self._wake  # one bound method for both callbacks
+        if self._timer is None:
+            # Not in this task's context: the timer would keep it (and its request id
+            # variable) alive for the whole wait. _resume sets the request id again.
+            self._timer = loop.call_later(remaining, wake, context=IDLE_CONTEXT)
+        feed.mailbox.on_ready(wake)
+
+    def _wake(self) -> None:
+        """The mailbox has something, or the timeout passed: look, in a short task."""
+        feed = self._feed
+        if feed is None:
+            return
+        feed.mailbox.cancel_ready()
+        self._task = asyncio.ensure_future(self._run(self._resume()))
+
+    def _gone(self) -> None:
+        if self._feed is not None:
+            self._feed.mailbox.close("gone")
+
+    async def _run(self, work: Any) -> None:
+        """Run a step; whatever it raises ends the request the way Tornado would."""
+        try:
+            await work
+        except asyncio.CancelledError:
+            self._leave()
+            raise
+        except Closed as closed:
+            self._leave()
+            if closed.reason == "gone":
+                # The handler path logged its usual line for a client that left.
+                self._log(200)
+                return
+            # Draining (the next poll goes elsewhere) or logged out (it gets a 401):
+            # answer now, with the cursor.
+            self.services.metrics.closed.labels(closed.reason).inc()
+            feed = self._feed
+            assert feed is not None
+            self.services.metrics.wrote(self.transport, [])
+            self._answer([], feed.cursor)
+        except Exception as exc:
+            self._leave()
+            self._error(exc)
+        finally:
+            self._task = None
+
+    def _leave(self) -> None:
+        """Deregister from the hub, the gauges and the limits: exactly once."""
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+        cm, self._cm = self._cm, None
+        if cm is not None:
+            _exit_now(cm)
+        if self._admitted:
+            self._admitted = False
+            feed = self._feed
+            assert feed is not None
+            feed.mailbox.cancel_ready()
+            services = self.services
+            services.metrics.held.labels(self.transport).dec()
+            if self.transport in POLLS:
+                services.metrics.pending_polls.dec()
+            services.connections.release(feed.user_id, self._ip)
+
+    # -- the answer -------------------------------------------------------------------
+
+    def body_for(self, events: list[Event], cursor: int) -> tuple[str, bytes]:
+        return JSON_TYPE, events_json(events, cursor)
+
+    def _answer(self, events: list[Event], cursor: int) -> None:
+        content_type, body = self.body_for(events, cursor)
+        headers = self._headers(content_type)
+        status = 200
+        # RequestHandler.finish: an Etag on a 200 GET, and a 304 when it matches.
+        etag = f'"{hashlib.sha1(body).hexdigest()}"'
+        headers["Etag"] = etag
+        if _etag_matches(etag, self._if_none_match):
+            status, body = 304, b""
+            del headers["Content-Type"]
+        self._send(status, headers, body)
+
+    def _headers(self, content_type: str) -> httputil.HTTPHeaders:
+        """The headers JsonHandler sets on every answer, and the request id."""
+        headers = httputil.HTTPHeaders(
+            {
+                "Server": f"TornadoServer/{tornado.version}",
+                "Content-Type": content_type,
+                "Date": httputil.format_timestamp(time.time()),
+                "Cache-Control": "no-store",
+                "X-Content-Type-Options": "nosniff",
+            }
+        )
+        if self._request_id:
+            headers[REQUEST_ID_HEADER] = self._request_id
+        return headers
+
+    def _error(self, exc: Exception) -> None:
+        """JsonHandler.write_error and GatewayHandler.log_exception, as on the handler path."""
+        if isinstance(exc, ApiError):
+            api_log.info("GET %s -> %d %s", self._uri.partition("?")[0], exc.status, exc.code)
+        else:
+            log.error(
+                "Uncaught exception GET %s",
+                redact_uri(self._uri),
+                exc_info=(type(exc), exc, exc.__traceback__),
+            )
+        custom = self.error_body(exc)
+        if custom is not None:
+            status = exc.status if isinstance(exc, ApiError) else 500
+            # Tornado's send_error cleared the headers first: no request id here.
+            headers = self._headers(JAVASCRIPT)
+            del headers[REQUEST_ID_HEADER]
+            self._send(status, headers, custom)
+            return
+        headers = self._headers(JSON_TYPE)
+        if isinstance(exc, ApiError):
+            status = exc.status
+            for name, value in exc.headers.items():
+                headers[name] = value
+            payload = exc.body()
+        elif isinstance(exc, tornado.web.HTTPError) and exc.status_code < 500:
+            status = exc.status_code
+            reason = httputil.responses.get(status, "Unknown")
+            code = STATUS_CODES.get(status, "error")
+            payload = {"error": {"code": code, "message": exc.log_message or reason}}
+        else:
+            status = exc.status_code if isinstance(exc, tornado.web.HTTPError) else 500
+            payload = {
+                "error": {
+                    "code": STATUS_CODES.get(status, "error"),
+                    "message": "Something went wrong on our side.",
+                }
+            }
+        self._send(status, headers, json.dumps(payload, separators=(",", ":")).encode())
+
+    def error_body(self, exc: Exception) -> bytes | None:
+        """A transport's own error body (JSONP calls its callback); None: the JSON one."""
+        return None
+
+    def _send(self, status: int, headers: httputil.HTTPHeaders, body: bytes) -> None:
+        if status != 304:
+            headers["Content-Length"] = str(len(body))
+        start = httputil.ResponseStartLine("", status, httputil.responses.get(status, "Unknown"))
+        self._conn.set_close_callback(None)
+        self._conn.write_headers(start, headers, body)
+        self._conn.finish()
+        self._log(status)
+
+    def _log(self, status: int) -> None:
+        log_access(status, "GET", self._uri, self._ip, time.time() - self._started)
+
+
+class HeldJsonp(HeldPoll):
+    """JsonpPoll's contract: `/**/NAME({...});`, errors too once the name is known."""
+
+    __slots__ = ("callback",)
+    transport = "jsonp"
+    query_token = True
+
+    def __init__(self, services: Services, conn: HTTP1Connection) -> None:
+        super().__init__(services, conn)
+        self.callback = ""
+
+    def prepare(self, query: dict[str, list[bytes]]) -> None:
+        self.callback = valid_callback(query_argument(query, "callback"))
+
+    def body_for(self, events: list[Event], cursor: int) -> tuple[str, bytes]:
+        return JAVASCRIPT, self._call(events_json(events, cursor))
+
+    def error_body(self, exc: Exception) -> bytes | None:
+        if not self.callback or not isinstance(exc, ApiError):
+            return None
+        return self._call(json.dumps(exc.body()).encode())
+
+    def _call(self, payload: bytes) -> bytes:
+        return b"/**/%s(%s);" % (self.callback.encode(), script_safe(payload))
+
+
+def _etag_matches(etag: str, if_none_match: str | None) -> bool:
+    """RequestHandler.check_etag_header."""
+    if not if_none_match:
+        return False
+    etags = ETAGS.findall(utf8(if_none_match))
+    if not etags:
+        return False
+    if etags[0] == b"*":
+        return True
+    computed = utf8(etag)
+    return any(e.removeprefix(b"W/") == computed for e in etags)
+
+
+def _exit_now(cm: AbstractAsyncContextManager[None]) -> None:
+    """Leave `async with hub.listen(...)` from a callback: its exit never awaits (it only
+    deregisters), so it runs to its end here; were that to change, in a task."""
+    exiting = cm.__aexit__(None, None, None)
+    try:
+        exiting.send(None)
+    except StopIteration:
+        return
+    exiting.close()
+    raise RuntimeError("hub.listen's exit awaited: HeldPoll must await it")
+
+
+class EventsApplication(tornado.web.Application):
+    """The gateway's Application: GETs on the poll paths take the lean path."""
+
+    def __init__(
+        self, services: Services, lean: dict[str, type[HeldPoll]], *args: Any, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._services = services
+        self._lean = lean
+
+    def start_request(
+        self, server_conn: object, request_conn: httputil.HTTPConnection
+    ) -> httputil.HTTPMessageDelegate:
+        return _Dispatch(self, server_conn, request_conn)
+
+
+class _Dispatch(httputil.HTTPMessageDelegate):
+    """Chooses, from the request line, between a lean HeldPoll and Tornado's routing."""
+
+    __slots__ = ("_app", "_conn", "_server_conn", "_target")
+
+    def __init__(
+        self, app: EventsApplication, server_conn: object, conn: httputil.HTTPConnection
+    ) -> None:
+        self._app = app
+        self._server_conn = server_conn
+        self._conn = conn
+        self._target: httputil.HTTPMessageDelegate | None = None
+
+    def headers_received(
+        self,
+        start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
+        headers: httputil.HTTPHeaders,
+    ) -> Any:
+        assert isinstance(start_line, httputil.RequestStartLine)
+        app = self._app
+        lean = app._lean.get(start_line.path.partition("?")[0])
+        if lean is not None and start_line.method == "GET":
+            self._target = lean(app._services, cast(HTTP1Connection, self._conn))
+        else:
+            self._target = tornado.web.Application.start_request(app, self._server_conn, self._conn)
+        self._server_conn = None
+        return self._target.headers_received(start_line, headers)
+
+    def data_received(self, chunk: bytes) -> Any:
+        assert self._target is not None
+        return self._target.data_received(chunk)
+
+    def finish(self) -> None:
+        assert self._target is not None
+        self._target.finish()
+
+    def on_connection_close(self) -> None:
+        if self._target is not None:
+            self._target.on_connection_close()
