@@ -13,13 +13,16 @@ whatever a command touches for one user lives in one Cluster slot.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.connection import Connection
 from redis.asyncio.sentinel import Sentinel
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 Kind = Literal["single", "cluster", "sentinel"]
 SCHEMES: dict[str, Kind] = {
@@ -143,13 +146,46 @@ class SentinelPrimary(Redis):
 
 
 def _cluster(address: RedisAddress, **options: Any) -> RedisCluster:
-    return RedisCluster(
+    cluster = RedisCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in address.hosts],
         # One range failing over must not stop the others.
         require_full_coverage=False,
         **address.auth,
         **options,
     )
+    # RedisCluster hard-codes its connection class; the nodes it discovers are made
+    # from these kwargs (the same dict its NodesManager holds).
+    cluster.nodes_manager.connection_kwargs["connection_class"] = GuardedConnection
+    for node in cluster.startup_nodes:
+        node.connection_class = GuardedConnection
+    return cluster
+
+
+class GuardedConnection(Connection):
+    """A connection whose transport vanished mid-use raises ConnectionError.
+
+    Under a burst of concurrent commands redis-py 8.1's Cluster client can write to or
+    read from a connection another task has just disconnected, and that surfaces as
+    AttributeError/TypeError from asyncio's internals (redis-py issue 4287 and kin):
+    past the client's own retries and past every `except RedisError` of ours. It is a
+    lost connection, and is reported as one.
+    """
+
+    async def send_packed_command(
+        self, command: bytes | str | Iterable[bytes], check_health: bool = True
+    ) -> None:
+        try:
+            await super().send_packed_command(command, check_health)
+        except (AttributeError, TypeError) as exc:
+            await self.disconnect(nowait=True)
+            raise RedisConnectionError(f"connection lost while writing: {exc}") from exc
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().read_response(*args, **kwargs)
+        except (AttributeError, TypeError) as exc:
+            await self.disconnect(nowait=True)
+            raise RedisConnectionError(f"connection lost while reading: {exc}") from exc
 
 
 def cluster_client(url: str, **options: Any) -> RedisCluster:

@@ -113,6 +113,12 @@ class EventSocket(WebSocketHandler):
             reason = closed.reason
         except WebSocketClosedError:
             return
+        except Exception:
+            # A bug or a client library's surprise must not leave an open socket that
+            # delivers nothing: close it, and the client resumes by cursor.
+            log.exception("websocket pump failed")
+            self.close(CLOSE_TRY_AGAIN, "internal_error")
+            return
         metrics.closed.labels(reason).inc()
         retry_ms = retry_after(reason, settings.drain_spread)
         with suppress(WebSocketClosedError):
