@@ -167,13 +167,18 @@ class Service:
 
 @dataclass
 class Cluster:
-    """Chatcore plus two gateways sharing one Redis prefix and one database."""
+    """Chatcore plus two gateways sharing one Redis prefix and one database.
+
+    `redis_url` is any REDIS_URL form (a Cluster, a Sentinel setup); by default the
+    machine's Redis, as before.
+    """
 
     log_dir: Path
     poll_timeout_max: float
     prefix: str = field(default_factory=lambda: f"bench{secrets.token_hex(4)}")
     secret: str = field(default_factory=lambda: secrets.token_hex(16))
     services: list[Service] = field(default_factory=list)
+    redis_url: str = REDIS_URL
 
     @property
     def chatcore(self) -> Service:
@@ -190,7 +195,7 @@ class Cluster:
             "PORT": str(port),
             "CHATCORE_HOST": HOST,
             "CHATCORE_URL": f"http://{HOST}:{chatcore_port}",
-            "REDIS_URL": REDIS_URL,
+            "REDIS_URL": self.redis_url,
             "DATABASE_URL": f"postgresql://postgres@{HOST}:5432/{DB_NAME}",
             "LONGTAIL_SECRET": self.secret,
             "LONGTAIL_REDIS_PREFIX": self.prefix,
