@@ -177,7 +177,9 @@ class SeqCheck:
         self.audit = audit
 
     def accept(self, event: dict[str, Any]) -> None:
-        seq = int(event.get("seq", -1))
+        if "seq" not in event:
+            return  # ephemeral (presence, typing): no place in the sequence
+        seq = int(event["seq"])
         if seq != self.cursor + 1:
             self.audit.seq_gaps += 1
         self.cursor = max(self.cursor, seq)
@@ -212,6 +214,9 @@ async def receive_longpoll(
                 continue
         answer = json.loads(text)
         for event in answer["events"]:
+            if "seq" not in event:
+                audit.control_frames += 1  # ephemeral: presence, typing
+                continue
             check.accept(event)
             audit.record_event(event, received)
         cursor = int(answer["cursor"])
