@@ -1,9 +1,9 @@
 """Each user's ordered event log: gap-free per-user seqs, written with the outbox.
 
 Design rule: a durable event gets the recipient's next seq in the same transaction that
-stores what it describes. The seq comes from `users.last_seq`, bumped with
-UPDATE ... RETURNING, which holds that user's row lock until commit; users are always
-locked in id order so two transactions touching the same pair cannot deadlock.
+stores what it describes. The seq comes from `users.last_seq`, bumped by one UPDATE that
+first locks the rows in id order (see reserve_seqs) and holds them until commit, so two
+transactions touching the same pair cannot deadlock.
 """
 
 from __future__ import annotations
@@ -11,15 +11,19 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Table, bindparam, case, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from chatcore.models import Event as EventRow
 from chatcore.models import Outbox, User, utcnow
 from longtail.errors import ApiError
 from longtail.wire import Event
+
+EVENTS = cast(Table, EventRow.__table__)
+OUTBOX = cast(Table, Outbox.__table__)
+USERS = cast(Table, User.__table__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,24 +42,35 @@ def encode(seq: int, type_: str, body: dict[str, Any]) -> bytes:
 
 
 async def append(tx: AsyncSession, items: list[tuple[int, str, dict[str, Any]]]) -> list[Delivery]:
-    """Append (user_id, type, body) events, keeping their order per user."""
+    """Append (user_id, type, body) events, keeping their order per user.
+
+    Pending ORM changes are flushed first: the rows below go straight to the connection,
+    past the session's autoflush.
+    """
+    await tx.flush()
+    return await append_rows(await tx.connection(), items)
+
+
+async def append_rows(
+    conn: AsyncConnection, items: list[tuple[int, str, dict[str, Any]]]
+) -> list[Delivery]:
+    """`append` on a bare connection, in three statements however many events and users.
+
+    SQLAlchemy Core, not the ORM: this runs for every send, and the unit of work costs
+    more CPU than the statements themselves.
+    """
     per_user: dict[int, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
     for user_id, type_, body in items:
         per_user[user_id].append((type_, body))
+    if not per_user:
+        return []
+    last = await reserve_seqs(conn, {u: len(events) for u, events in per_user.items()})
     deliveries: list[Delivery] = []
     rows: list[dict[str, Any]] = []
     now = utcnow()
     for user_id in sorted(per_user):
         events = per_user[user_id]
-        last = (
-            await tx.execute(
-                update(User)
-                .where(User.id == user_id)
-                .values(last_seq=User.last_seq + len(events))
-                .returning(User.last_seq)
-            )
-        ).scalar_one()
-        for seq, (type_, body) in enumerate(events, start=last - len(events) + 1):
+        for seq, (type_, body) in enumerate(events, start=last[user_id] - len(events) + 1):
             data = encode(seq, type_, body)
             deliveries.append(Delivery(user_id, Event(seq, data)))
             rows.append(
@@ -67,13 +82,60 @@ async def append(tx: AsyncSession, items: list[tuple[int, str, dict[str, Any]]])
                     "created_at": now,
                 }
             )
-    if rows:
-        await tx.execute(insert(EventRow), rows)
-        await tx.execute(
-            insert(Outbox),
-            [{"user_id": r["user_id"], "seq": r["seq"], "created_at": now} for r in rows],
-        )
+    await conn.execute(INSERT_EVENTS, rows)
+    await conn.execute(
+        INSERT_OUTBOX,
+        [{"user_id": r["user_id"], "seq": r["seq"], "created_at": now} for r in rows],
+    )
     return deliveries
+
+
+async def reserve_seqs(conn: AsyncConnection, counts: dict[int, int]) -> dict[int, int]:
+    """Advance each user's `last_seq` by `counts[user]`; returns the new values.
+
+    One statement, however many users: UPDATE ... FROM (SELECT ... ORDER BY id FOR NO
+    KEY UPDATE) ... RETURNING. The sub-select locks the rows in id order before any is
+    changed, so two transactions touching an overlapping set of users queue up instead
+    of deadlocking, and each holds its users until commit, which makes the seqs
+    gap-free. NO KEY UPDATE, the lock an UPDATE of a non-key column takes anyway, not
+    FOR UPDATE: that one also waits for the KEY SHARE locks other transactions' foreign
+    keys hold on users (a message's sender, an event's user), which deadlocks two
+    writers that each sent to the other. SQLite has no row locks (SQLAlchemy drops the
+    clause there): BEGIN IMMEDIATE already serializes its writers.
+    """
+    ids = sorted(counts)
+    steps = set(counts.values())
+    if len(steps) == 1:
+        # The usual case (one event each), with a statement built once.
+        rows = await conn.execute(RESERVE_SAME, {"ids": ids, "step": steps.pop()})
+    else:
+        rows = await conn.execute(_reserve(case(counts, value=USERS.c.id)), {"ids": ids})
+    new = {user_id: last_seq for user_id, last_seq in rows}
+    if len(new) != len(ids):
+        raise ApiError(404, "user_not_found", "No such user.")
+    return new
+
+
+def _reserve(step: Any) -> Any:
+    locked = (
+        select(USERS.c.id)
+        .where(USERS.c.id.in_(bindparam("ids", expanding=True)))
+        .order_by(USERS.c.id)
+        .with_for_update(key_share=True)
+        .subquery("locked")
+    )
+    return (
+        update(USERS)
+        .where(USERS.c.id == locked.c.id)
+        .values(last_seq=USERS.c.last_seq + step)
+        .returning(USERS.c.id, USERS.c.last_seq)
+    )
+
+
+# Built once: building an expression costs more Python than running its cached form.
+RESERVE_SAME = _reserve(bindparam("step"))
+INSERT_EVENTS = insert(EVENTS)
+INSERT_OUTBOX = insert(OUTBOX)
 
 
 async def head(tx: AsyncSession, user_id: int) -> int:

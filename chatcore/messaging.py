@@ -1,101 +1,53 @@
-"""Direct messages: idempotent sends, conversation lists with unread counts, paged history."""
+"""Direct messages and rooms: conversation lists with unread counts, paged history, read
+markers. Storing a send is chatcore.sends (the hot path)."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from chatcore import friends
 from chatcore.eventlog import Delivery, append
 from chatcore.models import Conversation, Member, Message, User
 from chatcore.sessions import aware
 from longtail.errors import ApiError, bad_request
-from longtail.validate import field_int, field_str
+from longtail.validate import field_int
 
-MAX_CLIENT_ID = 64
 HISTORY_PAGE = 50
 HISTORY_MAX = 200
 
 
 def message_json(message: Message, sender: User) -> dict[str, Any]:
+    return message_dict(
+        message.id,
+        message.conversation_id,
+        {"id": sender.id, "username": sender.username},
+        message.body,
+        message.client_id,
+        message.created_at,
+    )
+
+
+def message_dict(
+    message_id: int,
+    conversation_id: int,
+    sender: dict[str, Any],
+    body: str,
+    client_id: str,
+    created_at: datetime,
+) -> dict[str, Any]:
+    """A message as the API and its events show it (sends: see chatcore.sends)."""
     return {
-        "id": message.id,
-        "conversation_id": message.conversation_id,
-        "sender": {"id": sender.id, "username": sender.username},
-        "body": message.body,
-        "client_id": message.client_id,
-        "created_at": aware(message.created_at).isoformat().replace("+00:00", "Z"),
+        "id": message_id,
+        "conversation_id": conversation_id,
+        "sender": sender,
+        "body": body,
+        "client_id": client_id,
+        "created_at": aware(created_at).isoformat().replace("+00:00", "Z"),
     }
-
-
-async def send(
-    tx: AsyncSession, sender_id: int, body: dict[str, Any], max_chars: int
-) -> tuple[dict[str, Any], bool, list[Delivery]]:
-    """Store a message and every member's event; a repeated client_id returns the first.
-
-    The body names a friend (`to`, their direct conversation) or a room the sender is in
-    (`conversation_id`).
-    """
-    text = field_str(body, "body")
-    client_id = field_str(body, "client_id", max_len=MAX_CLIENT_ID)
-    if not client_id:
-        raise bad_request("'client_id' must not be empty.", "invalid_field")
-    if not text.strip():
-        raise bad_request("A message needs some text.", "empty_message")
-    if len(text) > max_chars:
-        raise ApiError(413, "message_too_long", f"A message is at most {max_chars} characters.")
-    sender = await tx.get(User, sender_id)
-    if sender is None:
-        raise ApiError(401, "unauthorized", "Log in again.")
-    conversation_id = await destination(tx, sender_id, body)
-    earlier = (
-        await tx.execute(
-            select(Message).where(Message.sender_id == sender_id, Message.client_id == client_id)
-        )
-    ).scalar_one_or_none()
-    if earlier is not None:
-        if earlier.body != text or earlier.conversation_id != conversation_id:
-            raise ApiError(
-                409, "client_id_reused", "This client_id was already used for a different message."
-            )
-        return message_json(earlier, sender), False, []
-    message = Message(
-        conversation_id=conversation_id, sender_id=sender_id, client_id=client_id, body=text
-    )
-    tx.add(message)
-    await tx.flush()
-    await tx.execute(
-        update(Conversation)
-        .where(Conversation.id == conversation_id)
-        .values(last_message_id=message.id)
-    )
-    # Sending counts as reading everything before it.
-    await tx.execute(
-        update(Member)
-        .where(Member.conversation_id == conversation_id, Member.user_id == sender_id)
-        .values(last_read_message_id=message.id)
-    )
-    payload = message_json(message, sender)
-    members = (
-        await tx.execute(select(Member.user_id).where(Member.conversation_id == conversation_id))
-    ).scalars()
-    deliveries = await append(tx, [(uid, "message", {"message": payload}) for uid in members])
-    return payload, True, deliveries
-
-
-async def destination(tx: AsyncSession, sender_id: int, body: dict[str, Any]) -> int:
-    """The conversation a send goes to: a friend's direct one, or a room of the sender's."""
-    if body.get("conversation_id") is not None:
-        conversation_id = field_int(body, "conversation_id")
-        await require_member(tx, sender_id, conversation_id)
-        return conversation_id
-    to = field_int(body, "to")
-    if to == sender_id or not await friends.are_friends(tx, sender_id, to):
-        raise ApiError(403, "not_friend", "You can only message your friends.")
-    return await friends.direct_conversation(tx, sender_id, to)
 
 
 async def conversations(tx: AsyncSession, user_id: int) -> list[dict[str, Any]]:

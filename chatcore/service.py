@@ -10,7 +10,7 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -19,9 +19,10 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from chatcore import accounts, eventlog, friends, messaging, rooms
+from chatcore import accounts, eventlog, friends, messaging, rooms, sends
 from chatcore.db import Database
 from chatcore.eventlog import Delivery
+from chatcore.groupcommit import GroupCommit
 from chatcore.outbox import Publisher
 from chatcore.passwords import Passwords
 from chatcore.sessions import Sessions
@@ -79,6 +80,9 @@ class Chat:
         self.publisher = Publisher(db, redis, keys, settings.buffer_size, settings.buffer_ttl)
         self._commits = 0
         self._busy = 0  # database work under way, waited for at shutdown
+        self._sends: GroupCommit[sends.SendRequest, tuple[dict[str, Any], bool]] = GroupCommit(
+            self._send_batch
+        )
 
     async def _write(
         self, work: Callable[[AsyncSession], Awaitable[tuple[T, list[Delivery]]]]
@@ -124,7 +128,7 @@ class Chat:
         engine after this, so no transaction is cut mid-way."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self._busy and loop.time() < deadline:
+        while (self._busy or self._sends.busy) and loop.time() < deadline:
             await asyncio.sleep(0.01)
 
     async def register(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -170,13 +174,36 @@ class Chat:
         await self._write(work)
 
     async def send(self, user_id: int, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        async def work(tx: AsyncSession) -> tuple[tuple[dict[str, Any], bool], list[Delivery]]:
-            message, created, deliveries = await messaging.send(
-                tx, user_id, body, self.settings.max_message_chars
-            )
-            return (message, created), deliveries
+        """Check the body at once; store it with the sends queued meanwhile (group commit)."""
+        request = sends.parse(user_id, body, self.settings.max_message_chars)
+        return await self._sends.submit(request)
 
-        return await self._write(work)
+    async def _send_batch(
+        self, requests: list[sends.SendRequest]
+    ) -> Sequence[tuple[dict[str, Any], bool] | BaseException]:
+        """One transaction for the whole batch, published after commit.
+
+        A batch that fails as a whole (not the per-send refusals, which are outcomes) is
+        retried one send per transaction: nothing of it was committed, and one bad send
+        must not fail the others. An unreachable database is everyone's 503 at once.
+        """
+        try:
+            return await self._write(lambda tx: sends.store(tx, requests))
+        except Exception as exc:
+            unavailable = isinstance(exc, ApiError) and exc.status == 503
+            if len(requests) == 1 or unavailable:
+                raise
+            log.warning("a batch of %d sends failed; storing them one by one", len(requests))
+        return [await self._send_alone(request) for request in requests]
+
+    async def _send_alone(
+        self, request: sends.SendRequest
+    ) -> tuple[dict[str, Any], bool] | BaseException:
+        try:
+            (outcome,) = await self._write(lambda tx: sends.store(tx, [request]))
+        except Exception as exc:
+            return exc
+        return outcome
 
     async def conversations(self, user_id: int) -> list[dict[str, Any]]:
         return await self._read(lambda tx: messaging.conversations(tx, user_id))

@@ -1,0 +1,300 @@
+"""The batched send path (chatcore.sends, chatcore.groupcommit): same promises, fewer trips.
+
+Runs on SQLite by default and on PostgreSQL with LONGTAIL_TEST_DATABASE_URL set: the
+row-lock ordering and ON CONFLICT paths differ between the two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from sqlalchemy import event, select, text
+
+from chatcore import sends
+from chatcore.db import Database
+from chatcore.groupcommit import GroupCommit
+from chatcore.models import Conversation, Member, Message
+from chatcore.service import Chat
+from longtail.errors import ApiError
+from tests.backends import REAL_DATABASE_URL
+
+
+@pytest.fixture
+async def chat(settings, redis_factory) -> AsyncIterator[Chat]:
+    db = Database(settings.database_url)
+    chat = Chat(settings, db, redis_factory())
+    yield chat
+    await db.close()
+
+
+async def user(chat: Chat, name: str) -> int:
+    return (await chat.register({"username": name, "password": "password1"}))["id"]
+
+
+async def befriend(chat: Chat, a: int, b: int, a_name: str, b_name: str) -> None:
+    await chat.request_friend(a, {"username": b_name})
+    await chat.request_friend(b, {"username": a_name})
+
+
+async def users(chat: Chat, *names: str) -> list[int]:
+    return [await user(chat, n) for n in names]
+
+
+def commits(db: Database) -> list[int]:
+    """A counter of the engine's COMMITs from now on."""
+    counter = [0]
+
+    @event.listens_for(db.engine.sync_engine, "commit")
+    def _commit(_conn: Any) -> None:
+        counter[0] += 1
+
+    return counter
+
+
+async def payloads(chat: Chat, user_id: int) -> list[dict[str, Any]]:
+    events, head = await chat.events(user_id, 0)
+    assert [e.seq for e in events] == list(range(1, head + 1)), "gap-free, in order"
+    return [json.loads(e.data) for e in events]
+
+
+async def test_concurrent_sends_share_one_transaction(chat):
+    names = [f"gc{i}_user" for i in range(8)]
+    ids = await users(chat, *names)
+    for i in range(0, 8, 2):
+        await befriend(chat, ids[i], ids[i + 1], names[i], names[i + 1])
+    counter = commits(chat.db)
+    results = await asyncio.gather(
+        *[
+            chat.send(ids[i], {"to": ids[i + 1], "body": f"hi {k}", "client_id": f"{i}-{k}"})
+            for k in range(5)
+            for i in range(0, 8, 2)
+        ]
+    )
+    assert all(created for _, created in results)
+    assert len({m["id"] for m, _ in results}) == 20
+    assert counter[0] <= 2, "20 concurrent sends are committed together, not one by one"
+    for i in range(0, 8, 2):
+        received = [
+            p["message"]["body"] for p in await payloads(chat, ids[i + 1]) if "message" in p
+        ]
+        assert received == [f"hi {k}" for k in range(5)], "each pair's order is kept"
+
+
+async def test_one_bad_send_does_not_fail_its_batch(chat):
+    a, b, c = await users(chat, "ba_user", "bb_user", "bc_user")
+    await befriend(chat, a, b, "ba_user", "bb_user")
+    room = await chat.create_room(b, {"name": "not yours", "members": []})
+    await chat.send(a, {"to": b, "body": "first", "client_id": "taken"})
+    outcomes = await asyncio.gather(
+        chat.send(a, {"to": b, "body": "ok", "client_id": "ok"}),
+        chat.send(a, {"to": c, "body": "stranger", "client_id": "s"}),
+        chat.send(a, {"conversation_id": room["id"], "body": "in", "client_id": "r"}),
+        chat.send(a, {"to": b, "body": "different", "client_id": "taken"}),
+        chat.send(a, {"to": b, "body": "first", "client_id": "taken"}),
+        chat.send(a, {"to": a, "body": "me", "client_id": "self"}),
+        return_exceptions=True,
+    )
+    ok, stranger, not_member, reused, retried, to_self = outcomes
+    assert isinstance(ok, tuple) and ok[1] is True
+    assert isinstance(stranger, ApiError) and stranger.code == "not_friend"
+    assert isinstance(not_member, ApiError) and not_member.code == "conversation_not_found"
+    assert isinstance(reused, ApiError) and reused.code == "client_id_reused"
+    assert isinstance(retried, tuple) and retried[1] is False
+    assert retried[0]["body"] == "first"
+    assert isinstance(to_self, ApiError) and to_self.code == "not_friend"
+    bodies = [p["message"]["body"] for p in await payloads(chat, b) if p["type"] == "message"]
+    assert bodies == ["first", "ok"]
+
+
+async def test_retries_within_and_across_batches_store_one_message(chat):
+    a, b = await users(chat, "ia_user", "ib_user")
+    await befriend(chat, a, b, "ia_user", "ib_user")
+    body = {"to": b, "body": "once", "client_id": "same"}
+    first = await asyncio.gather(*[chat.send(a, dict(body)) for _ in range(6)])
+    again, created = await chat.send(a, dict(body))
+    assert not created
+    assert {m["id"] for m, _ in first} == {again["id"]}
+    assert sum(c for _, c in first) == 1
+    assert again == next(m for m, c in first if c), "a retry answers with the same message"
+    bodies = [p["message"]["body"] for p in await payloads(chat, b) if p["type"] == "message"]
+    assert bodies == ["once"]
+
+
+async def test_room_sends_reach_every_member_and_mark_the_sender_read(chat):
+    a, b, c = await users(chat, "ra_user", "rb_user", "rc_user")
+    await befriend(chat, a, b, "ra_user", "rb_user")
+    await befriend(chat, a, c, "ra_user", "rc_user")
+    room = await chat.create_room(a, {"name": "three", "members": [b, c]})
+    results = await asyncio.gather(
+        chat.send(b, {"conversation_id": room["id"], "body": "from b", "client_id": "1"}),
+        chat.send(a, {"conversation_id": room["id"], "body": "from a", "client_id": "1"}),
+        chat.send(a, {"to": b, "body": "direct", "client_id": "2"}),
+    )
+    for uid in (a, b, c):
+        got = [p["message"]["body"] for p in await payloads(chat, uid) if p["type"] == "message"]
+        expected = ["from b", "from a", "direct"] if uid != c else ["from b", "from a"]
+        assert got == expected
+    listing = {c["id"]: c for c in await chat.conversations(a)}
+    assert listing[room["id"]]["last_message"]["id"] == results[1][0]["id"]
+    assert listing[room["id"]]["unread"] == 0, "a's own send read b's, sent before it"
+    listing = {c["id"]: c for c in await chat.conversations(b)}
+    assert listing[room["id"]]["unread"] == 1, "a's came after b's: unread for b"
+    assert {c["id"]: c for c in await chat.conversations(c)}[room["id"]]["unread"] == 2
+
+
+async def test_markers_only_move_forward(chat):
+    a, b = await users(chat, "ma_user", "mb_user")
+    await befriend(chat, a, b, "ma_user", "mb_user")
+    message, _ = await chat.send(a, {"to": b, "body": "newest", "client_id": "n"})
+    conversation_id = message["conversation_id"]
+    async with chat.db.transaction() as tx:
+        # A transaction that drew a smaller id but commits later must not move them back.
+        await sends.advance_markers(await tx.connection(), [(conversation_id, a, 1)])
+    async with chat.db.transaction() as tx:
+        newest = await tx.scalar(
+            select(Conversation.last_message_id).where(Conversation.id == conversation_id)
+        )
+        read = await tx.scalar(
+            select(Member.last_read_message_id).where(
+                Member.conversation_id == conversation_id, Member.user_id == a
+            )
+        )
+    assert newest == message["id"] and read == message["id"]
+
+
+async def test_two_chatcores_sending_to_one_user_keep_seqs_gap_free_and_ordered(
+    chat, settings, redis_factory
+):
+    """Two processes' batches lock the same user rows: ordered locks, no deadlock, no gap.
+
+    Everyone both sends and receives, from both processes at once: a message's foreign
+    keys share-lock its sender's row while the other process locks that row for its seq,
+    the mix that deadlocks if the seq lock is FOR UPDATE rather than FOR NO KEY UPDATE.
+    """
+    other = Chat(settings, Database(settings.database_url), redis_factory())
+    try:
+        names = [f"t{i}_user" for i in range(6)]
+        ids = await users(chat, *names)
+        for i in range(6):
+            for j in range(i + 1, 6):
+                await befriend(chat, ids[i], ids[j], names[i], names[j])
+
+        async def sender(n: int, core: Chat) -> None:
+            for k in range(6):
+                for m in range(6):
+                    if m != n:
+                        body = {"to": ids[m], "body": f"{n}:{k}", "client_id": f"{m}-{k}"}
+                        await core.send(ids[n], body)
+
+        await asyncio.gather(*[sender(n, chat if n % 2 else other) for n in range(6)])
+        for m in range(6):
+            got = [p["message"]["body"] for p in await payloads(chat, ids[m]) if "message" in p]
+            assert len(got) == 2 * 5 * 6, "30 received and 30 sent"
+            for n in range(6):
+                assert [b for b in got if b.startswith(f"{n}:")] == [
+                    f"{n}:{k}" for k in range(6) for _ in range(5 if n == m else 1)
+                ], "each sender's messages in the order sent"
+    finally:
+        await other.db.close()
+
+
+async def test_a_batch_that_fails_as_a_whole_is_retried_send_by_send(chat, monkeypatch, caplog):
+    a, b = await users(chat, "fa_user", "fb_user")
+    await befriend(chat, a, b, "fa_user", "fb_user")
+    store = sends.store
+
+    async def fragile(tx: Any, requests: list[sends.SendRequest]) -> Any:
+        if len(requests) > 1:
+            raise RuntimeError("one bad row spoils the statement")
+        return await store(tx, requests)
+
+    monkeypatch.setattr(sends, "store", fragile)
+    with caplog.at_level(logging.WARNING, "longtail.chatcore"):
+        results = await asyncio.gather(
+            *[chat.send(a, {"to": b, "body": str(k), "client_id": str(k)}) for k in range(4)]
+        )
+    assert all(created for _, created in results)
+    assert "storing them one by one" in caplog.text
+    bodies = [p["message"]["body"] for p in await payloads(chat, b) if p["type"] == "message"]
+    assert sorted(bodies) == ["0", "1", "2", "3"]
+
+
+async def test_validation_fails_before_the_batch(chat):
+    a = await user(chat, "va_user")
+    for body, code in [
+        ({"to": 1, "body": "x", "client_id": ""}, "invalid_field"),
+        ({"to": 1, "body": "  ", "client_id": "c"}, "empty_message"),
+        ({"to": 1, "body": "x" * 5000, "client_id": "c"}, "message_too_long"),
+    ]:
+        with pytest.raises(ApiError) as info:
+            await chat.send(a, body)
+        assert info.value.code == code
+    assert not chat._sends.busy
+
+
+async def test_group_commit_gives_each_caller_its_own_outcome():
+    seen: list[list[int]] = []
+
+    async def run(batch: list[int]) -> list[int | BaseException]:
+        seen.append(batch)
+        await asyncio.sleep(0.01)
+        return [ValueError(n) if n == 3 else n * 10 for n in batch]
+
+    group: GroupCommit[int, int] = GroupCommit(run, max_batch=3)
+    waiters = [asyncio.create_task(group.submit(n)) for n in range(6)]
+    await asyncio.sleep(0)
+    waiters[4].cancel()  # a caller gone away: the others still get their answers
+    results = await asyncio.gather(*waiters, return_exceptions=True)
+    assert results[:4] == [0, 10, 20, results[3]] and isinstance(results[3], ValueError)
+    assert isinstance(results[4], asyncio.CancelledError) and results[5] == 50
+    assert seen == [[0, 1, 2], [3, 4, 5]], "what queued while a batch ran goes next, together"
+    assert not group.busy
+
+
+async def test_group_commit_serves_a_caller_that_comes_right_after_a_batch():
+    """The drain task leaves the group in the same step that finds the queue empty."""
+
+    async def run(batch: list[int]) -> list[int | BaseException]:
+        return list(batch)
+
+    group: GroupCommit[int, int] = GroupCommit(run)
+    for n in range(3):
+        assert await asyncio.wait_for(group.submit(n), 5) == n
+
+
+async def test_group_commit_failure_reaches_every_caller_in_the_batch():
+    async def run(batch: list[int]) -> list[int | BaseException]:
+        raise OSError("database gone")
+
+    group: GroupCommit[int, int] = GroupCommit(run)
+    results = await asyncio.gather(*[group.submit(n) for n in range(3)], return_exceptions=True)
+    assert all(isinstance(r, OSError) for r in results)
+
+
+@pytest.mark.skipif(not REAL_DATABASE_URL, reason="PostgreSQL only: SQLite has no server")
+async def test_a_pooled_connection_killed_while_idle_is_replaced(chat, monkeypatch):
+    """What pool_pre_ping was for, now paid only after idleness (chatcore.db)."""
+    monkeypatch.setattr("chatcore.db.PING_IDLE_AFTER", 0.0)
+    a, b = await users(chat, "ka_user", "kb_user")
+    await befriend(chat, a, b, "ka_user", "kb_user")
+    killer = Database(chat.db.url)
+    try:
+        async with killer.engine.connect() as conn:
+            await conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                    "AND state = 'idle'"
+                )
+            )
+    finally:
+        await killer.close()
+    message, created = await chat.send(a, {"to": b, "body": "still here", "client_id": "k"})
+    assert created and message["body"] == "still here"
+    async with chat.db.transaction() as tx:
+        assert await tx.scalar(select(Message.body).where(Message.id == message["id"]))
