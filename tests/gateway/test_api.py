@@ -319,3 +319,22 @@ async def test_non_ascii_and_markup_bodies_round_trip(pair):
     body = 'héllo 👋 </script><script>alert("x")</script>\n"quoted"\u2028'
     assert (await alice.send(bob, body)).status == 201
     assert messages(await bob.poll(timeout=0))[-1] == body
+
+
+async def test_concurrent_friend_requests_from_one_user_all_succeed(new_client):
+    """A user adding many people at once (a contacts import) gets every answer, none a
+    500 from two transactions locking the same rows in opposite orders."""
+    alice = await new_client(0).signup(f"alice{uuid.uuid4().hex[:6]}")
+    others = [await new_client(i % 2).signup(f"f{i}{uuid.uuid4().hex[:6]}") for i in range(8)]
+    asks = [
+        alice.request("POST", "/api/friends", {"username": o.username}, base=alice.base)
+        for o in others
+    ]
+    accepts = [
+        o.request("POST", "/api/friends", {"username": alice.username}) for o in others[:4]
+    ]
+    # Half of them ask back at the same moment: either side's request may come first.
+    answers = await asyncio.gather(*asks, *accepts)
+    assert [a.status for a in answers] == [201] * 12, answers
+    listed = await alice.request("GET", "/api/friends")
+    assert len(listed.body["friends"]) == 4 and len(listed.body["outgoing"]) == 4
