@@ -20,6 +20,7 @@ from gateway.cursors import parse_cursor
 from gateway.feed import Closed, Feed
 from gateway.transports import held, new_feed
 from gateway.transports.timing import jittered, next_wait, retry_after
+from longtail.errors import ApiError
 from longtail.wire import Event
 
 # A client that has not taken a write in this long is stuck: drop it, it resumes later.
@@ -68,7 +69,13 @@ class StreamTransport(GatewayHandler):
         metrics = services.metrics
         loop = asyncio.get_running_loop()
         async with held(services, self.transport, feed, self.request.remote_ip or ""):
-            events = await feed.next(0)  # before the headers: a bad cursor is a JSON 400
+            try:
+                events = await feed.next(0)  # before the headers: a bad cursor is a JSON 400
+            except Closed as closed:
+                # Ended before it began: no stream to close, so a plain answer.
+                if closed.reason == "gone":
+                    return
+                raise ended_early(closed.reason) from None
             self.set_header("Content-Type", self.content_type)
             self.set_header("X-Accel-Buffering", "no")
             self.write(self.prelude(cursor))
@@ -121,3 +128,13 @@ class StreamTransport(GatewayHandler):
     def on_connection_close(self) -> None:
         if self.feed is not None:
             self.feed.mailbox.close("gone")
+
+
+def ended_early(reason: str) -> ApiError:
+    """The answer for a stream closed before its headers went out."""
+    if reason == "logged_out":
+        return ApiError(401, "unauthorized", "This session has ended: log in again.")
+    # Draining (SIGTERM, or Redis lost): another gateway will take the client.
+    return ApiError(
+        503, reason, "This server is handing its clients over; try again.", {"Retry-After": "1"}
+    )

@@ -133,3 +133,16 @@ async def test_request_id_is_echoed_or_made(pair):
     assert resp.headers["X-Request-ID"] == "trace-abc.1"
     resp = await alice.request("GET", "/api/me", headers={"X-Request-ID": "bad id <forged>"})
     assert re.fullmatch(r"[0-9a-f]{32}", resp.headers["X-Request-ID"])
+
+
+async def test_a_stream_opened_on_a_draining_gateway_is_sent_elsewhere(pair, stack, http):
+    """Not a 500: a 503 with Retry-After, which nginx answers by trying the next gateway."""
+    _, bob = pair
+    stack.gateways[1].services.draining = True
+    for path in ("/api/events/stream", "/api/events/xhr", "/api/events/multipart"):
+        got = await read_stream(
+            http, f"{stack.urls[1]}{path}?cursor=0", bob.headers(), "sse", count(1)
+        )
+        assert got.status == 503, (path, got.raw)
+        assert got.headers["Retry-After"] == "1"
+        assert b'"code":"draining"' in got.raw.replace(b" ", b"")
