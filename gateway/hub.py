@@ -52,17 +52,68 @@ BACKOFF_MAX = 5.0
 PLACE_RETRY = 0.5
 
 
-class _Channel:
-    """Subscription state of one user's channel on this gateway."""
+class Channel:
+    """Subscription state of one user's channel on this gateway: the handle that
+    `Hub.join` returns and `Hub.leave` takes.
 
-    __slots__ = ("confirmed", "linger", "mailboxes", "shard", "user_id")
+    Held once per local user for as long as any of their connections is, so it is kept
+    small: most users have one connection, stored as is (a set only from the second),
+    and the confirmation future exists only while someone waits for it.
+    """
 
-    def __init__(self, user_id: int, loop: asyncio.AbstractEventLoop) -> None:
+    __slots__ = ("_members", "confirmed", "linger", "name", "shard", "user_id", "waiter")
+
+    def __init__(self, user_id: int, name: bytes) -> None:
         self.user_id = user_id
-        self.mailboxes: set[Mailbox] = set()
-        self.confirmed: asyncio.Future[None] = loop.create_future()
+        self.name = name
+        # None, one Mailbox, or a set of them once a second connection arrives.
+        self._members: Mailbox | set[Mailbox] | None = None
+        # True once the shard confirmed the subscription; False again after a
+        # reconnect or a slot move, until the new confirmation (which triggers a
+        # catch-up).
+        self.confirmed = False
+        # Created by the first `Hub.subscribed` call that has to wait; settled and
+        # dropped at the confirmation.
+        self.waiter: asyncio.Future[None] | None = None
         self.linger: asyncio.TimerHandle | None = None
         self.shard: _Shard | None = None
+
+    @property
+    def mailboxes(self) -> tuple[Mailbox, ...]:
+        """A snapshot: callers may close mailboxes (and so leave) while iterating."""
+        members = self._members
+        if members is None:
+            return ()
+        if isinstance(members, Mailbox):
+            return (members,)
+        return tuple(members)
+
+    def __len__(self) -> int:
+        members = self._members
+        if members is None:
+            return 0
+        return 1 if isinstance(members, Mailbox) else len(members)
+
+    def add(self, mailbox: Mailbox) -> None:
+        members = self._members
+        if members is None:
+            self._members = mailbox
+        elif isinstance(members, Mailbox):
+            if members is not mailbox:
+                self._members = {members, mailbox}
+        else:
+            members.add(mailbox)
+
+    def discard(self, mailbox: Mailbox) -> None:
+        members = self._members
+        if members is mailbox:
+            self._members = None
+        elif isinstance(members, set):
+            members.discard(mailbox)
+            if len(members) == 1:
+                (self._members,) = members  # back to one: no set to keep
+            elif not members:
+                self._members = None
 
 
 class _Shard:
@@ -102,8 +153,7 @@ class Hub:
         self._stall_after = STALL_PINGS * ping_interval
         self.gateway_id = gateway_id or uuid.uuid4().hex[:12]
         self._control = keys.control(self.gateway_id).encode()
-        self._channels: dict[bytes, _Channel] = {}
-        self._by_user: dict[int, bytes] = {}
+        self._channels: dict[bytes, Channel] = {}
         # Shards by name; `_home` carries the control channel even with no users.
         self._by_name: dict[str, _Shard] = {}
         self._home: _Shard | None = None
@@ -168,6 +218,47 @@ class Hub:
 
     # -- registering connections --------------------------------------------------
 
+    def join(self, user_id: int, mailbox: Mailbox) -> Channel:
+        """Route the user's events to `mailbox` until `leave(handle, mailbox)`.
+
+        Synchronous, so a held request can register and deregister from plain
+        callbacks. The channel is subscribed on the user's first join; await
+        `subscribed(handle)` before a catch-up read that must not miss an event
+        published meanwhile.
+        """
+        name = self._keys.channel(user_id).encode()
+        channel = self._channels.get(name)
+        if channel is None:
+            channel = self._channels[name] = Channel(user_id, name)
+            self._place(name, channel)
+            if self.on_arrive is not None:
+                self.on_arrive(user_id)
+        elif channel.linger is not None:
+            channel.linger.cancel()
+            channel.linger = None
+        channel.add(mailbox)
+        return channel
+
+    def leave(self, channel: Channel, mailbox: Mailbox) -> None:
+        """Undo `join`: once the user's last mailbox leaves, the channel lingers for the
+        grace period (the next long-poll is usually on its way), then is unsubscribed."""
+        channel.discard(mailbox)
+        if not len(channel) and channel.linger is None:
+            loop = asyncio.get_running_loop()
+            channel.linger = loop.call_later(self._grace, self._drop, channel)
+
+    async def subscribed(self, channel: Channel, timeout: float = SUBSCRIBE_WAIT) -> None:
+        """Return once the channel's subscription is confirmed, or after `timeout`; if it
+        was not confirmed by then, the confirmation (after a reconnect) triggers a
+        catch-up."""
+        if channel.confirmed:
+            return
+        waiter = channel.waiter
+        if waiter is None:
+            waiter = channel.waiter = asyncio.get_running_loop().create_future()
+        with suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(waiter), timeout)
+
     @asynccontextmanager
     async def listen(self, user_id: int, mailbox: Mailbox) -> AsyncIterator[None]:
         """Route the user's events to `mailbox` while the block runs.
@@ -175,57 +266,32 @@ class Hub:
         Returns once the channel is subscribed (or SUBSCRIBE_WAIT has passed), so a
         catch-up read made inside the block cannot miss an event published meanwhile.
         """
-        channel = self._add(user_id, mailbox)
+        channel = self.join(user_id, mailbox)
         try:
-            if not channel.confirmed.done():
-                with suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(channel.confirmed), SUBSCRIBE_WAIT)
+            await self.subscribed(channel)
             yield
         finally:
-            self._remove(channel, mailbox)
+            self.leave(channel, mailbox)
 
     def local_users(self) -> list[int]:
-        return [c.user_id for c in self._channels.values() if c.mailboxes]
+        return [c.user_id for c in self._channels.values() if len(c)]
 
     def channel_count(self) -> int:
         return len(self._channels)
 
     def connection_count(self) -> int:
-        return sum(len(c.mailboxes) for c in self._channels.values())
+        return sum(len(c) for c in self._channels.values())
 
     def close_all(self, reason: str) -> None:
-        for channel in self._channels.values():
-            for mailbox in list(channel.mailboxes):
+        for channel in list(self._channels.values()):
+            for mailbox in channel.mailboxes:
                 mailbox.close(reason)
 
-    def _add(self, user_id: int, mailbox: Mailbox) -> _Channel:
-        name = self._by_user.get(user_id)
-        channel = self._channels.get(name) if name is not None else None
-        if channel is None:
-            name = self._keys.channel(user_id).encode()
-            channel = _Channel(user_id, asyncio.get_running_loop())
-            self._channels[name] = channel
-            self._by_user[user_id] = name
-            self._place(name, channel)
-            if self.on_arrive is not None:
-                self.on_arrive(user_id)
-        elif channel.linger is not None:
-            channel.linger.cancel()
-            channel.linger = None
-        channel.mailboxes.add(mailbox)
-        return channel
-
-    def _remove(self, channel: _Channel, mailbox: Mailbox) -> None:
-        channel.mailboxes.discard(mailbox)
-        if not channel.mailboxes and channel.linger is None:
-            loop = asyncio.get_running_loop()
-            channel.linger = loop.call_later(self._grace, self._drop, channel)
-
-    def _drop(self, channel: _Channel) -> None:
+    def _drop(self, channel: Channel) -> None:
         channel.linger = None
-        if channel.mailboxes:
+        if len(channel):
             return
-        name = self._by_user.pop(channel.user_id)
+        name = channel.name
         del self._channels[name]
         self._unplaced.discard(name)
         self._unplace(name, channel)
@@ -234,7 +300,7 @@ class Hub:
 
     # -- placing channels on shards ---------------------------------------------------
 
-    def _place(self, name: bytes, channel: _Channel) -> None:
+    def _place(self, name: bytes, channel: Channel) -> None:
         """Put the channel on the shard that owns its slot and subscribe it there."""
         try:
             owner = self._shards.owner(name)
@@ -247,7 +313,7 @@ class Hub:
         if shard.connected:
             self._send(shard, "ssubscribe", name)
 
-    def _unplace(self, name: bytes, channel: _Channel) -> None:
+    def _unplace(self, name: bytes, channel: Channel) -> None:
         shard, channel.shard = channel.shard, None
         if shard is None:
             return
@@ -382,10 +448,9 @@ class Hub:
             )
         return pubsub
 
-    def _reset(self, channel: _Channel) -> None:
+    def _reset(self, channel: Channel) -> None:
         """The channel's next confirmation must trigger a catch-up."""
-        if channel.confirmed.done():
-            channel.confirmed = asyncio.get_running_loop().create_future()
+        channel.confirmed = False
 
     async def _close_pubsub(self, shard: _Shard) -> None:
         pubsub, shard.pubsub = shard.pubsub, None
@@ -406,8 +471,11 @@ class Hub:
                 self._deliver(channel, message["data"])
         elif kind == "ssubscribe":
             channel = self._channels.get(name)
-            if channel is not None and channel.shard is shard and not channel.confirmed.done():
-                channel.confirmed.set_result(None)
+            if channel is not None and channel.shard is shard and not channel.confirmed:
+                channel.confirmed = True
+                waiter, channel.waiter = channel.waiter, None
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
                 # Anything published before this moment is in storage, not in flight
                 # to us: the mailboxes re-read from their cursors.
                 for mailbox in channel.mailboxes:
@@ -422,10 +490,10 @@ class Hub:
                 task = asyncio.create_task(self._refresh())
                 task.add_done_callback(_log_failure)
 
-    def _deliver(self, channel: _Channel, data: bytes) -> None:
+    def _deliver(self, channel: Channel, data: bytes) -> None:
         if data.startswith(REVOKED):
             session = data[len(REVOKED) :].decode()
-            for mailbox in list(channel.mailboxes):
+            for mailbox in channel.mailboxes:
                 if mailbox.session == session:
                     mailbox.close("logged_out")
             return
@@ -439,9 +507,10 @@ class Hub:
         except ValueError:
             log.error("ignoring a malformed message on user %d's channel", channel.user_id)
             return
-        for mailbox in channel.mailboxes:
+        mailboxes = channel.mailboxes
+        for mailbox in mailboxes:
             mailbox.deliver(event)
-        self.delivered += len(channel.mailboxes)
+        self.delivered += len(mailboxes)
 
     # -- the watchdog -----------------------------------------------------------------
 

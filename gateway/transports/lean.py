@@ -24,7 +24,6 @@ import json
 import logging
 import re
 import time
-from contextlib import AbstractAsyncContextManager
 from typing import Any, cast
 
 import tornado.web
@@ -36,6 +35,7 @@ from gateway.auth import request_token
 from gateway.base import PIGGYBACK_HEADER, Services, log_access, redact_uri
 from gateway.cursors import events_json, parse_cursor, script_safe, valid_callback
 from gateway.feed import Closed, Feed
+from gateway.hub import Channel
 from gateway.metrics import POLLS
 from gateway.transports import new_feed
 from gateway.transports.longpoll import poll_timeout
@@ -74,7 +74,7 @@ class HeldPoll(httputil.HTTPMessageDelegate):
 
     __slots__ = (
         "_admitted",
-        "_cm",
+        "_channel",
         "_conn",
         "_deadline",
         "_feed",
@@ -96,7 +96,8 @@ class HeldPoll(httputil.HTTPMessageDelegate):
         self._conn = conn
         self._request: httputil.HTTPServerRequest | None = None
         self._feed: Feed | None = None
-        self._cm: AbstractAsyncContextManager[None] | None = None
+        # The hub's handle while registered (Hub.join), None before and after.
+        self._channel: Channel | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._admitted = False
         self._request_id = ""
@@ -152,6 +153,7 @@ class HeldPoll(httputil.HTTPMessageDelegate):
         cursor = parse_cursor(query_argument(query, "cursor"))
         timeout = poll_timeout(query_argument(query, "timeout"), services.settings)
         self._request = None  # what is left to hold is ours: no headers, no arguments
+        _shed(request.headers)
         if cursor is None:
             self._answer([], await services.catchup.head(user.id))
             return
@@ -161,8 +163,9 @@ class HeldPoll(httputil.HTTPMessageDelegate):
         services.metrics.held.labels(self.transport).inc()
         if self.transport in POLLS:
             services.metrics.pending_polls.inc()
-        self._cm = cm = services.hub.listen(user.id, feed.mailbox)
-        await cm.__aenter__()
+        hub = services.hub
+        self._channel = channel = hub.join(user.id, feed.mailbox)
+        await hub.subscribed(channel)
         if services.draining:
             # Arrived on a kept-alive connection after SIGTERM: go elsewhere now.
             feed.mailbox.close("draining")
@@ -237,15 +240,15 @@ class HeldPoll(httputil.HTTPMessageDelegate):
         timer, self._timer = self._timer, None
         if timer is not None:
             timer.cancel()
-        cm, self._cm = self._cm, None
-        if cm is not None:
-            _exit_now(cm)
         if self._admitted:
             self._admitted = False
             feed = self._feed
             assert feed is not None
             feed.mailbox.cancel_ready()
             services = self.services
+            channel, self._channel = self._channel, None
+            if channel is not None:
+                services.hub.leave(channel, feed.mailbox)
             services.metrics.held.labels(self.transport).dec()
             if self.transport in POLLS:
                 services.metrics.pending_polls.dec()
@@ -378,16 +381,18 @@ def _etag_matches(etag: str, if_none_match: str | None) -> bool:
     return any(e.removeprefix(b"W/") == computed for e in etags)
 
 
-def _exit_now(cm: AbstractAsyncContextManager[None]) -> None:
-    """Leave `async with hub.listen(...)` from a callback: its exit never awaits (it only
-    deregisters), so it runs to its end here; were that to change, in a task."""
-    exiting = cm.__aexit__(None, None, None)
-    try:
-        exiting.send(None)
-    except StopIteration:
-        return
-    exiting.close()
-    raise RuntimeError("hub.listen's exit awaited: HeldPoll must await it")
+def _shed(headers: httputil.HTTPHeaders) -> None:
+    """Drop the request's headers once read, all but Connection.
+
+    Tornado keeps the parsed headers for as long as the request is held (the
+    connection's and its serving frame's references), yet when it writes the answer it
+    reads only Connection (keep-alive for HTTP/1.0). A browser's cookies and user agent
+    are often a kilobyte per held poll.
+    """
+    connection = headers.get("Connection")
+    headers.clear()
+    if connection is not None:
+        headers["Connection"] = connection
 
 
 class EventsApplication(tornado.web.Application):

@@ -55,3 +55,25 @@ async def test_a_client_that_leaves_is_deregistered_at_once(pair, stack, http):
     assert gateway.hub.connection_count() == 0
     held = services.metrics.held.labels("longpoll")._value.get()
     assert held == 0 and services.metrics.pending_polls._value.get() == 0
+
+
+async def test_keep_alive_choices_survive_the_shed_headers(pair, stack):
+    """A held poll drops its request headers but Connection, which Tornado still reads
+    when it answers: HTTP/1.1 `close` and HTTP/1.0 `keep-alive` are honoured."""
+    _, bob = pair
+    host, port = stack.urls[0].removeprefix("http://").rsplit(":", 1)
+    auth = bob.headers()["Authorization"]
+    path = f"/api/events?cursor={bob.cursor + 2}&timeout=0.2"
+    for version, connection, expected in (
+        ("1.1", "close", b"\r\nConnection: close\r\n"),
+        ("1.0", "keep-alive", b"\r\nConnection: Keep-Alive\r\n"),
+    ):
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            f"GET {path} HTTP/{version}\r\nHost: {host}\r\nAuthorization: {auth}\r\n"
+            f"Connection: {connection}\r\n\r\n".encode()
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        writer.close()
+        assert head.startswith(b"HTTP/1.1 200")
+        assert expected in head
