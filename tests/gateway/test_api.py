@@ -330,9 +330,7 @@ async def test_concurrent_friend_requests_from_one_user_all_succeed(new_client):
         alice.request("POST", "/api/friends", {"username": o.username}, base=alice.base)
         for o in others
     ]
-    accepts = [
-        o.request("POST", "/api/friends", {"username": alice.username}) for o in others[:4]
-    ]
+    accepts = [o.request("POST", "/api/friends", {"username": alice.username}) for o in others[:4]]
     # Half of them ask back at the same moment: either side's request may come first.
     answers = await asyncio.gather(*asks, *accepts)
     assert [a.status for a in answers] == [201] * 12, answers
