@@ -15,7 +15,6 @@ plainly and is skipped; CI fails instead, because there they must work.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -31,6 +30,7 @@ from tests.client import Client
 from tests.e2e.cluster import Cluster, Proc, base_env, longtail_command
 from tests.e2e.netns import Hosts, NamespacesUnavailable
 from tests.e2e.nginx import Nginx
+from tests.e2e.traffic import receive, send_all
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.e2e
@@ -130,40 +130,6 @@ async def held_on(http: aiohttp.ClientSession, url: str) -> float:
     )
 
 
-async def receive(client: Client, want: int) -> list[str]:
-    """Long-poll through the load balancer as a browser does, resuming from the cursor."""
-    bodies: list[str] = []
-    while len(bodies) < want:
-        try:
-            resp = await client.request(
-                "GET", f"/api/events?cursor={client.cursor}&timeout=20", timeout=30
-            )
-        except (aiohttp.ClientError, TimeoutError):
-            await asyncio.sleep(0.2)
-            continue
-        if resp.status != 200:
-            await asyncio.sleep(0.2)
-            continue
-        for event in resp.body["events"]:
-            if event.get("type") == "message":
-                bodies.append(event["message"]["body"])
-        client.cursor = resp.body["cursor"]
-    return bodies
-
-
-async def send_all(sender: Client, to: Client, tag: str) -> None:
-    for n in range(MESSAGES):
-        for attempt in itertools.count():
-            try:
-                if (await sender.send(to, f"{tag}:{n}", client_id=f"{tag}-{n}")).status == 201:
-                    break
-            except (aiohttp.ClientError, TimeoutError):
-                pass
-            assert attempt < 100, f"{tag}:{n} never stored"
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(SEND_GAP)
-
-
 async def test_gateway_cut_off_from_redis_hands_its_clients_to_other_hosts(
     site: Site, http: aiohttp.ClientSession
 ) -> None:
@@ -187,11 +153,11 @@ async def test_gateway_cut_off_from_redis_hands_its_clients_to_other_hosts(
     async def host1_unready() -> bool:
         return not await ready(http, gateway1)
 
-    receiving = [asyncio.create_task(receive(r, MESSAGES)) for r in receivers]
+    receiving = [asyncio.create_task(receive(r, MESSAGES, poll_timeout=20)) for r in receivers]
     # Round-robin spreads the long-polls: gateway 1 holds some of them.
     await eventually(host1_holds_some, what="polls held on host 1")
     sending = [
-        asyncio.create_task(send_all(s, r, f"p{i}"))
+        asyncio.create_task(send_all(s, r, f"p{i}", MESSAGES, gap=SEND_GAP))
         for i, (s, r) in enumerate(zip(senders, receivers, strict=True))
     ]
     await asyncio.sleep(MESSAGES * SEND_GAP / 3)

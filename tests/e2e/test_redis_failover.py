@@ -11,7 +11,6 @@ message sent after it) and every message delivered once, in order.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -33,6 +32,7 @@ from longtail.settings import LOAD_TEST_LIMITS
 from longtail.wire import Keys
 from tests.client import Client
 from tests.e2e.cluster import Cluster, base_env
+from tests.e2e.traffic import receive, send_all
 from tests.streams import Received, read_stream
 
 pytestmark = pytest.mark.e2e
@@ -118,50 +118,6 @@ def owner_of(topology: Topology, channel: str) -> int:
     raise TopologyError(f"no primary owns slot {slot}")
 
 
-async def receive(client: Client, urls: list[str], want: int, stop: asyncio.Event) -> list[str]:
-    """Long-poll like a browser: rotate gateways, retry errors, resume from the cursor."""
-    bodies: list[str] = []
-    for attempt in itertools.count():
-        if len(bodies) >= want or stop.is_set():
-            break
-        try:
-            resp = await client.request(
-                "GET",
-                f"/api/events?cursor={client.cursor}&timeout=2",
-                base=urls[attempt % len(urls)],
-                timeout=10,
-            )
-        except (aiohttp.ClientError, TimeoutError):
-            await asyncio.sleep(0.2)
-            continue
-        if resp.status != 200:
-            await asyncio.sleep(0.2)
-            continue
-        for event in resp.body["events"]:
-            if event.get("type") == "message":
-                bodies.append(event["message"]["body"])
-        client.cursor = resp.body["cursor"]
-    return bodies
-
-
-async def send_all(sender: Client, to: Client, urls: list[str], tag: str) -> None:
-    """Send MESSAGES, each retried with its client_id until stored (as longtail.js does)."""
-    for n in range(MESSAGES):
-        client_id = f"{tag}-{n}"
-        for attempt in itertools.count():
-            try:
-                resp = await sender.send(
-                    to, f"{tag}:{n}", client_id=client_id, base=urls[(n + attempt) % len(urls)]
-                )
-                if resp.status == 201:
-                    break
-            except (aiohttp.ClientError, TimeoutError):
-                pass
-            assert attempt < 200, f"{tag}:{n} never stored"
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(SEND_GAP)
-
-
 async def test_primary_killed_during_traffic_nothing_lost_or_duplicated(
     topology: Topology, gateways: tuple[Cluster, str], http: aiohttp.ClientSession
 ) -> None:
@@ -198,11 +154,11 @@ async def test_primary_killed_during_traffic_nothing_lost_or_duplicated(
     victim_port = owner_of(topology, Keys(prefix).channel(watcher.user_id))
     stop = asyncio.Event()
     receiving = [
-        asyncio.create_task(receive(r, urls[i % 3 :] + urls[: i % 3], MESSAGES, stop))
+        asyncio.create_task(receive(r, MESSAGES, bases=urls[i % 3 :] + urls[: i % 3], stop=stop))
         for i, r in enumerate(receivers)
     ]
     sending = [
-        asyncio.create_task(send_all(s, r, urls, f"p{i}"))
+        asyncio.create_task(send_all(s, r, f"p{i}", MESSAGES, gap=SEND_GAP, bases=urls))
         for i, (s, r) in enumerate(zip(senders, receivers, strict=True))
     ]
 
