@@ -483,12 +483,15 @@ class Hub:
         elif kind == "sunsubscribe":
             channel = self._channels.get(name)
             if channel is not None and channel.shard is shard:
-                # We did not ask: the node gave the slot away (resharding). Find where
-                # it lives now and subscribe there.
+                # We did not ask: the node gave the slot away (resharding). The channel
+                # is subscribed nowhere now; the placer re-reads the slot map until it
+                # names the new owner (a node may not know of the move yet: a stale
+                # answer is retried, or refused with MOVED) and subscribes it there.
                 log.info("redis %s dropped %s (slot moved)", shard.name, name.decode())
                 self._reset(channel)
-                task = asyncio.create_task(self._refresh())
-                task.add_done_callback(_log_failure)
+                shard.channels.discard(name)
+                channel.shard = None
+                self._unplaced.add(name)
 
     def _deliver(self, channel: Channel, data: bytes) -> None:
         if data.startswith(REVOKED):

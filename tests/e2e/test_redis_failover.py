@@ -183,6 +183,8 @@ async def test_primary_killed_during_traffic_nothing_lost_or_duplicated(
     # Every gateway hears the promoted primary: each stream gets a message sent now.
     sender = senders[0]
     assert all(not w.done() for w in watching), "a stream ended during the failover"
+    for gateway in procs.gateways:  # each hears the new primary again (its backoff ends)
+        await procs.wait_ready(gateway)
     assert (await sender.send(watcher, "after")).status == 201
     streams = await asyncio.wait_for(asyncio.gather(*watching), 10)
     for n, got in enumerate(streams):
