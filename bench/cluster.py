@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -24,6 +25,7 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
@@ -310,6 +312,40 @@ async def drop_database() -> None:
         await connection.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
     finally:
         await connection.close()
+
+
+def admin_dsn(url: str) -> str:
+    """asyncpg's spelling of a SQLAlchemy-style URL (postgresql+asyncpg:// -> postgresql://)."""
+    return urlunsplit(urlsplit(url)._replace(scheme="postgresql"))
+
+
+async def _admin(dsn: str, statement: str) -> None:
+    connection = await asyncpg.connect(dsn, timeout=10)
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+@asynccontextmanager
+async def throwaway_database(url: str, purpose: str) -> AsyncIterator[str]:
+    """A database of the run's own: `sqlite`, a new SQLite file in a temporary
+    directory; a PostgreSQL URL, a new database `longtail_<purpose>_<hex>` on that
+    server, dropped at the end whatever happens."""
+    scheme = url.split(":", 1)[0].split("+", 1)[0]
+    if scheme == "sqlite":
+        with tempfile.TemporaryDirectory(prefix=f"longtail-{purpose}-") as workdir:
+            yield f"sqlite:///{workdir}/longtail.sqlite3"
+        return
+    if scheme not in ("postgresql", "postgres"):
+        raise ValueError("the database URL must be sqlite or a postgresql:// URL")
+    dsn = admin_dsn(url)
+    name = f"longtail_{purpose}_{secrets.token_hex(4)}"
+    await _admin(dsn, f'CREATE DATABASE "{name}"')
+    try:
+        yield urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
+    finally:
+        await _admin(dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 async def delete_redis_keys(prefix: str) -> int:

@@ -15,8 +15,8 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from bench import machine
+from bench.cluster import admin_dsn
 from bench.compare_chart import draw
-from bench.longtail_side import admin_dsn
 
 # Which socket.io transport each Longtail transport is held against: long-poll with
 # socket.io's own long-polling; SSE (a one-way stream) with socket.io's best transport,

@@ -422,8 +422,9 @@ async def send_all(
     )
 
 
-async def drain(audit: Audit, receivers: list[asyncio.Task[None]]) -> None:
-    """Wait until everything sent arrived (or a receiver died, or the deadline)."""
+async def drain(audit: Audit, receivers: list[asyncio.Task[Any]]) -> None:
+    """Wait until everything sent arrived (or a receiver died, or the deadline), then
+    linger so that a late duplicate is still counted."""
 
     async def delivered() -> bool:
         if any(task.done() for task in receivers):

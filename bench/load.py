@@ -19,7 +19,15 @@ from typing import Any
 
 from bench.cluster import BenchError, Service
 from bench.held import wait_for
-from bench.latency import LINGER, Audit, cpu_ms_per_message, cpu_seconds, make_body, percentiles
+from bench.latency import (
+    LINGER,
+    Audit,
+    cpu_ms_per_message,
+    cpu_seconds,
+    drain,
+    make_body,
+    percentiles,
+)
 
 # pair index, body -> returns when the server answered; raises SendFailed otherwise.
 Send = Callable[[int, str], Awaitable[None]]
@@ -113,22 +121,6 @@ async def send_closed_loop(send: Send, pairs: int, audit: Audit, duration: float
     await asyncio.gather(*(pair_loop(p) for p in range(pairs)))
     audit.scheduled = audit.sent_count + len(audit.send_errors)
     return start
-
-
-async def drain(audit: Audit, receivers: list[asyncio.Task[Any]]) -> None:
-    """Wait until everything sent arrived (or a receiver died, or the deadline), then
-    linger so that a late duplicate is still counted."""
-
-    async def delivered() -> bool:
-        if any(task.done() for task in receivers):
-            return True
-        return audit.received_count >= audit.sent_count
-
-    try:
-        await wait_for("every message to arrive", delivered, DRAIN_DEADLINE)
-    except BenchError:
-        return  # the audit counts what is missing
-    await asyncio.sleep(LINGER)
 
 
 @dataclass

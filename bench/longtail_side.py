@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import subprocess
-import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
@@ -20,14 +18,19 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
-import asyncpg
 from redis.asyncio import Redis
 
 from bench.api import User, bounded_gather, call, connector, current_cursor
-from bench.cluster import STOP_GRACE, Cluster, Service, free_port, wait_ready
+from bench.cluster import (
+    STOP_GRACE,
+    Cluster,
+    Service,
+    free_port,
+    throwaway_database,
+    wait_ready,
+)
 from bench.held import (
     HeldResult,
     Holder,
@@ -91,37 +94,6 @@ class CompareCluster(Cluster):
         return Service(name, port, process, self.log_dir / f"{name}.log")
 
 
-def admin_dsn(url: str) -> str:
-    """asyncpg's spelling of a SQLAlchemy-style URL (postgresql+asyncpg:// -> postgresql://)."""
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(scheme="postgresql"))
-
-
-@asynccontextmanager
-async def throwaway_database(url: str) -> AsyncIterator[str]:
-    """A database of the run's own: a new SQLite file in a temporary directory, or a new
-    database on the PostgreSQL server of `url` (dropped at the end whatever happens)."""
-    if url.split(":", 1)[0].split("+", 1)[0] == "sqlite":
-        with tempfile.TemporaryDirectory(prefix="longtail-compare-") as workdir:
-            yield f"sqlite:///{workdir}/longtail.sqlite3"
-        return
-    name = f"longtail_compare_{secrets.token_hex(4)}"
-    dsn = admin_dsn(url)
-    admin = await asyncpg.connect(dsn, timeout=10)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
-    finally:
-        admin = await asyncpg.connect(dsn, timeout=10)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
-
-
 async def delete_keys(redis_url: str, pattern: str) -> None:
     """Remove the run's keys (sessions live 30 days otherwise)."""
     redis = Redis.from_url(redis_url)
@@ -143,7 +115,7 @@ async def running_longtail(
     log_dir: Path, redis_url: str, database_url: str
 ) -> AsyncIterator[CompareCluster]:
     """Chatcore and two gateways on a throw-away database, torn down on the way out."""
-    async with throwaway_database(database_url) as run_database:
+    async with throwaway_database(database_url, "compare") as run_database:
         cluster = CompareCluster(
             log_dir, POLL_TIMEOUT_MAX, redis_url=redis_url, database_url=run_database
         )

@@ -41,7 +41,13 @@ import aiohttp
 
 from bench import scaling_report
 from bench.api import User, connector, create_users, current_cursor
-from bench.cluster import BenchError, Service, machine_busy_seconds, raise_open_files
+from bench.cluster import (
+    BenchError,
+    Service,
+    machine_busy_seconds,
+    raise_open_files,
+    throwaway_database,
+)
 from bench.latency import Audit, receive_websocket
 from bench.machine import cpu_model, load_average, memory_mib, revision
 from bench.redis_servers import Topology, TopologyError
@@ -50,7 +56,6 @@ from bench.scaling_load import (
     PublishResult,
     ScalingCluster,
     event_json,
-    throwaway_database,
 )
 from bench.scaling_redis import (
     KINDS,
@@ -459,7 +464,7 @@ async def measure_topology(kind: str, args: argparse.Namespace, workdir: Path) -
         "configurations": [],
     }
     try:
-        async with throwaway_database(args.database_url) as database_url:
+        async with throwaway_database(args.database_url, "scaling") as database_url:
             cluster = ScalingCluster(
                 args.log_dir / kind,
                 POLL_TIMEOUT_MAX,

@@ -14,18 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import signal
 import subprocess
-import tempfile
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 from redis.asyncio import Redis
 
 from bench.api import User
@@ -104,34 +99,6 @@ class ScalingCluster(Cluster):
 
     def log_problems(self) -> dict[str, list[dict[str, object]]]:
         return {s.name: p for s in self.all_services() if (p := s.log_problems())}
-
-
-@asynccontextmanager
-async def throwaway_database(url: str) -> AsyncIterator[str]:
-    """`sqlite`: a new SQLite file in a temporary directory; a PostgreSQL URL: a new
-    database on that server, dropped at the end whatever happens."""
-    scheme = url.split(":", 1)[0].split("+", 1)[0]
-    if scheme == "sqlite":
-        with tempfile.TemporaryDirectory(prefix="longtail-scaling-") as workdir:
-            yield f"sqlite:///{workdir}/longtail.sqlite3"
-        return
-    if scheme not in ("postgresql", "postgres"):
-        raise ValueError("--database-url must be sqlite or a postgresql:// URL")
-    admin = urlunsplit(urlsplit(url)._replace(scheme="postgresql"))
-    name = f"longtail_scaling_{secrets.token_hex(4)}"
-    connection = await asyncpg.connect(admin, timeout=10)
-    try:
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await connection.close()
-    try:
-        yield urlunsplit(urlsplit(admin)._replace(path=f"/{name}"))
-    finally:
-        connection = await asyncpg.connect(admin, timeout=10)
-        try:
-            await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await connection.close()
 
 
 def event_json(seq: int, user: User, index: int, number: int, started: float) -> bytes:

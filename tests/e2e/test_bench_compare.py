@@ -11,13 +11,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from longtail.dev import start_embedded_redis
-from tests.backends import REAL_DATABASE_URL, REAL_REDIS_URL
+from tests.backends import REAL_DATABASE_URL
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -38,17 +36,7 @@ SOCKETIO = ("websocket", "polling")
 
 
 @pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    if REAL_REDIS_URL:
-        yield REAL_REDIS_URL
-        return
-    url, stop = start_embedded_redis()
-    yield url
-    stop()
-
-
-@pytest.fixture(scope="module")
-def run(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def run(e2e_redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict:
     workdir = tmp_path_factory.mktemp("compare")
     output, chart = workdir / "compare.json", workdir / "compare.png"
     completed = subprocess.run(
@@ -58,7 +46,7 @@ def run(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict:
             "bench.compare",
             *TINY,
             "--redis-url",
-            redis_url,
+            e2e_redis_url,
             "--database-url",
             REAL_DATABASE_URL or "sqlite",
             "--output",
