@@ -279,6 +279,11 @@ class Hub:
     def channel_count(self) -> int:
         return len(self._channels)
 
+    def mailboxes(self, user_id: int) -> tuple[Mailbox, ...]:
+        """The user's connections held here now."""
+        channel = self._channels.get(self._keys.channel(user_id).encode())
+        return channel.mailboxes if channel is not None else ()
+
     def connection_count(self) -> int:
         return sum(len(c) for c in self._channels.values())
 

@@ -74,12 +74,14 @@ class HeldPoll(httputil.HTTPMessageDelegate):
 
     __slots__ = (
         "_admitted",
+        "_again",
         "_channel",
         "_conn",
         "_deadline",
         "_feed",
         "_if_none_match",
         "_ip",
+        "_over",
         "_request",
         "_request_id",
         "_started",
@@ -103,7 +105,12 @@ class HeldPoll(httputil.HTTPMessageDelegate):
         self._request_id = ""
         self._deadline = 0.0
         # The step running now, if any: asyncio keeps only weak references to tasks.
+        # Steps never overlap: two at once could both answer, and the second answer,
+        # left on a kept-alive connection, is read by the next request on it (another
+        # user's, behind a proxy that pools its upstream connections).
         self._task: asyncio.Future[None] | None = None
+        self._again = False  # woken during a step: look again when it ends
+        self._over = False  # left (answered, ended, gone): nothing more to do
 
     # -- HTTPMessageDelegate: the request arrives --------------------------------------
 
@@ -190,19 +197,26 @@ class HeldPoll(httputil.HTTPMessageDelegate):
             self.services.metrics.wrote(self.transport, events)
             self._answer(events, feed.cursor)
             return
-        wake = self._wake  # one bound method for both callbacks
         if self._timer is None:
             # Not in this task's context: the timer would keep it (and its request id
             # variable) alive for the whole wait. _resume sets the request id again.
-            self._timer = loop.call_later(remaining, wake, context=IDLE_CONTEXT)
-        feed.mailbox.on_ready(wake)
+            self._timer = loop.call_later(remaining, self._expire, context=IDLE_CONTEXT)
+        feed.mailbox.on_ready(self._wake)
+
+    def _expire(self) -> None:
+        self._timer = None
+        self._wake()
 
     def _wake(self) -> None:
-        """The mailbox has something, or the timeout passed: look, in a short task."""
+        """The mailbox has something, or the time came: look, in a short task (or, if a
+        step is running, as soon as it ends)."""
         feed = self._feed
-        if feed is None:
+        if feed is None or self._over:
             return
         feed.mailbox.cancel_ready()
+        if self._task is not None:
+            self._again = True
+            return
         self._task = asyncio.ensure_future(self._run(self._resume()))
 
     def _gone(self) -> None:
@@ -234,9 +248,14 @@ class HeldPoll(httputil.HTTPMessageDelegate):
             self._error(exc)
         finally:
             self._task = None
+            if self._again:
+                self._again = False
+                self._wake()
 
     def _leave(self) -> None:
-        """Deregister from the hub, the gauges and the limits: exactly once."""
+        """Deregister from the hub, the gauges and the limits: exactly once. No step
+        runs after this one."""
+        self._over = True
         timer, self._timer = self._timer, None
         if timer is not None:
             timer.cancel()

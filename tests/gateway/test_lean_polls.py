@@ -4,6 +4,8 @@ handler path, and every way out deregisters the poll."""
 from __future__ import annotations
 
 import asyncio
+import json
+from typing import Any
 
 from tests.waiting import eventually
 
@@ -77,3 +79,62 @@ async def test_keep_alive_choices_survive_the_shed_headers(pair, stack):
         writer.close()
         assert head.startswith(b"HTTP/1.1 200")
         assert expected in head
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[int, Any]:
+    """One HTTP/1.1 answer with a Content-Length body, from a raw connection."""
+    head = (await reader.readuntil(b"\r\n\r\n")).decode()
+    status = int(head.split(" ", 2)[1])
+    length = next(
+        int(line.split(":", 1)[1])
+        for line in head.split("\r\n")
+        if line.lower().startswith("content-length:")
+    )
+    return status, json.loads(await reader.readexactly(length))
+
+
+async def test_a_poll_answers_once_when_its_timeout_passes_during_a_catch_up(pair, stack):
+    """A wake-up during a slow catch-up (Redis failing over) must not start a second
+    step: both would answer, and the second answer, left on the kept-alive
+    connection, would be read by the next request on it: another user's, behind a
+    proxy that pools its upstream connections."""
+    alice, bob = pair
+    gateway = stack.gateways[1]
+    services = gateway.services
+    cursor = bob.cursor + 2  # befriended
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+
+    def get(path: str) -> None:
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {bob.token}\r\n\r\n".encode()
+        )
+
+    get(f"/api/events?cursor={cursor}&timeout=1")
+    await eventually(lambda: services.connections.held == 1)
+    started = asyncio.get_running_loop().time()
+    release = asyncio.Event()
+    stalled: list[int] = []
+    catch_up = services.catchup.after
+
+    async def slow_after(user_id: int, after: int) -> Any:
+        stalled.append(after)
+        await release.wait()
+        return await catch_up(user_id, after)
+
+    services.catchup.after = slow_after  # type: ignore[method-assign]
+    (mailbox,) = gateway.hub.mailboxes(bob.user_id)
+    mailbox.resync()  # as after a reconnect: the poll re-reads storage, which stalls
+    await eventually(lambda: stalled == [cursor])
+    assert (await alice.send(bob, "during the stall")).status == 201
+    # The poll's timeout passes while its catch-up is stuck.
+    await eventually(lambda: asyncio.get_running_loop().time() > started + 1.5)
+    release.set()
+
+    status, first = await asyncio.wait_for(read_answer(reader), 10)
+    assert status == 200
+    assert [e["message"]["body"] for e in first["events"]] == ["during the stall"]
+    # The next request on the connection gets its own answer, not a second one of the poll.
+    get("/api/me")
+    status, second = await asyncio.wait_for(read_answer(reader), 10)
+    assert (status, second) == (200, {"id": bob.user_id, "username": bob.username})
+    writer.close()
