@@ -26,7 +26,8 @@ from redis.asyncio import Redis
 from bench.api import User
 from bench.cluster import STOP_GRACE, Cluster, Service, free_port, wait_ready
 from bench.latency import Audit, make_body
-from chatcore.outbox import HEAD_TTL
+from chatcore.eventlog import Delivery
+from chatcore.outbox import deliver
 from longtail.settings import Settings
 from longtail.wire import Event, Keys
 
@@ -189,13 +190,15 @@ class Publisher:
             seq = self.heads[index] + 1
             number = self._numbers[index]
             event = Event(seq, event_json(seq, user, index, number, started))
-            buf = self._keys.buffer(user.id)
-            # The same commands, in the same order, as chatcore.outbox.Publisher.publish.
-            pipe.zadd(buf, {event.data: event.seq})
-            pipe.zremrangebyrank(buf, 0, -self._buffer_size - 1)
-            pipe.expire(buf, self._buffer_ttl)
-            pipe.set(self._keys.head(user.id), event.seq, ex=HEAD_TTL)
-            pipe.spublish(self._keys.channel(user.id), event.to_message())
+            # What chatcore.outbox.Publisher.publish sends for each event.
+            deliver(
+                pipe,
+                self._keys,
+                Delivery(user.id, event),
+                self._buffer_size,
+                self._buffer_ttl,
+                time.time(),
+            )
             self.heads[index] = seq
             self._numbers[index] = number + 1
             owner = self._owner_of[index]

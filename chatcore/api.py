@@ -12,10 +12,13 @@ from typing import Any
 import tornado.web
 
 from chatcore.service import EVENTS_PAGE, Chat
-from longtail.errors import ApiError
+from longtail.errors import ApiError, bad_request
 from longtail.logs import REQUEST_ID_HEADER, begin_request
-from longtail.validate import field_str, query_int
-from longtail.web import JsonHandler, NotFoundHandler
+from longtail.validate import field_int, field_str, query_int
+from longtail.web import MAX_JSON_DEPTH, JsonHandler, NotFoundHandler
+
+# A gateway batches what arrived during its previous call; this bounds one request.
+MAX_SENDS = 512
 
 
 class InternalHandler(JsonHandler):
@@ -82,6 +85,34 @@ class Messages(InternalHandler):
     async def post(self, user_id: str) -> None:
         message, created = await self.chat.send(int(user_id), self.json_body())
         self.send_json({"message": message}, 201 if created else 200)
+
+
+class Sends(InternalHandler):
+    """A gateway's batch of sends: `{"sends": [{"user_id", "message"}]}`, one result each.
+
+    The request succeeds as a whole (200) even when some sends are refused: each result
+    carries the status and body its own `POST /messages` would have had.
+    """
+
+    async def post(self) -> None:
+        # Each message was checked against the public limit by the gateway; the batch
+        # wraps it in three more levels ({"sends": [{"message": ...}]}).
+        items = self.json_body(max_depth=MAX_JSON_DEPTH + 3).get("sends")
+        if not isinstance(items, list) or not items:
+            raise bad_request("'sends' must be a non-empty list.", "invalid_field")
+        if len(items) > MAX_SENDS:
+            raise bad_request(f"At most {MAX_SENDS} sends per batch.", "invalid_field")
+        if not all(isinstance(item, dict) for item in items):
+            raise bad_request("Each send must be a JSON object.", "invalid_field")
+        pairs = [(field_int(item, "user_id"), item.get("message")) for item in items]
+        results: list[dict[str, Any]] = []
+        for outcome in await self.chat.send_many(pairs):
+            if isinstance(outcome, ApiError):
+                results.append({"status": outcome.status, **outcome.body()})
+            else:
+                message, created = outcome
+                results.append({"status": 201 if created else 200, "message": message})
+        self.send_json({"results": results})
 
 
 class Conversations(InternalHandler):
@@ -165,6 +196,7 @@ def make_app(chat: Chat, **settings: Any) -> tornado.web.Application:
             (user + r"/friends", Friends, {"chat": chat}),
             (user + r"/friends/(\d{1,18})", Friend, {"chat": chat}),
             (user + r"/messages", Messages, {"chat": chat}),
+            (r"/internal/sends", Sends, {"chat": chat}),
             (user + r"/conversations", Conversations, {"chat": chat}),
             (user + r"/conversations/(\d{1,18})/messages", History, {"chat": chat}),
             (user + r"/conversations/(\d{1,18})/read", Read, {"chat": chat}),

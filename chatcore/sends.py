@@ -13,7 +13,7 @@ statements' own work, so here every step is one Core statement for the whole bat
 4. the events and outbox rows (chatcore.eventlog.append_rows: seqs under row locks
    taken in id order).
 
-chatcore.groupcommit batches concurrent sends so one transaction carries many; a batch
+longtail.batching batches concurrent sends so one transaction carries many; a batch
 of one is an ordinary send. Problems with one send (not a friend, client_id reused) are
 that send's answer only; the rest of the batch goes ahead.
 """

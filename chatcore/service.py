@@ -19,14 +19,14 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from chatcore import accounts, eventlog, friends, messaging, rooms, sends
+from chatcore import accounts, eventlog, friends, messaging, outbox, rooms, sends
 from chatcore.db import Database
 from chatcore.eventlog import Delivery
-from chatcore.groupcommit import GroupCommit
 from chatcore.outbox import Publisher
 from chatcore.passwords import Passwords
 from chatcore.sessions import Sessions
-from longtail.errors import ApiError
+from longtail.batching import Batcher
+from longtail.errors import ApiError, bad_request
 from longtail.settings import Settings
 from longtail.validate import field_int
 from longtail.wire import Event, Keys
@@ -80,7 +80,7 @@ class Chat:
         self.publisher = Publisher(db, redis, keys, settings.buffer_size, settings.buffer_ttl)
         self._commits = 0
         self._busy = 0  # database work under way, waited for at shutdown
-        self._sends: GroupCommit[sends.SendRequest, tuple[dict[str, Any], bool]] = GroupCommit(
+        self._sends: Batcher[sends.SendRequest, tuple[dict[str, Any], bool]] = Batcher(
             self._send_batch
         )
 
@@ -178,6 +178,29 @@ class Chat:
         request = sends.parse(user_id, body, self.settings.max_message_chars)
         return await self._sends.submit(request)
 
+    async def send_many(
+        self, items: list[tuple[int, Any]]
+    ) -> list[tuple[dict[str, Any], bool] | ApiError]:
+        """`send` for each (user_id, body) a gateway batched; each its own outcome.
+
+        They join the group commit together, so a gateway's batch usually shares one
+        transaction. A failure that is not an ApiError is logged here and answered as a
+        500 for that send alone.
+        """
+
+        async def one(user_id: int, body: Any) -> tuple[dict[str, Any], bool] | ApiError:
+            try:
+                if not isinstance(body, dict):
+                    raise bad_request("Each send needs a JSON object.", "invalid_json")
+                return await self.send(user_id, body)
+            except ApiError as exc:
+                return exc
+            except Exception:
+                log.exception("a batched send failed")
+                return ApiError(500, "internal_error", "Something went wrong on our side.")
+
+        return list(await asyncio.gather(*(one(user_id, body) for user_id, body in items)))
+
     async def _send_batch(
         self, requests: list[sends.SendRequest]
     ) -> Sequence[tuple[dict[str, Any], bool] | BaseException]:
@@ -187,9 +210,18 @@ class Chat:
         retried one send per transaction: nothing of it was committed, and one bad send
         must not fail the others. An unreachable database is everyone's 503 at once.
         """
+        published = self.publisher.take_published()
+
+        async def work(tx: AsyncSession) -> tuple[list[sends.Outcome], list[Delivery]]:
+            await outbox.forget(tx, published)
+            return await sends.store(tx, requests)
+
         try:
-            return await self._write(lambda tx: sends.store(tx, requests))
-        except Exception as exc:
+            return await self._write(work)
+        except BaseException as exc:
+            self.publisher.give_back(published)
+            if not isinstance(exc, Exception):
+                raise
             unavailable = isinstance(exc, ApiError) and exc.status == 503
             if len(requests) == 1 or unavailable:
                 raise

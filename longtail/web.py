@@ -45,24 +45,12 @@ class JsonHandler(tornado.web.RequestHandler):
         self.set_status(status)
         self.finish(json.dumps(payload, separators=(",", ":"), ensure_ascii=False))
 
-    def json_body(self) -> dict[str, Any]:
+    def json_body(self, max_depth: int = MAX_JSON_DEPTH) -> dict[str, Any]:
         """The request body as a JSON object, or a 400 that says what is wrong with it."""
         raw = self.request.body
         if not raw:
             raise bad_request("The request needs a JSON object body.", "invalid_json")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise bad_request("The body is not valid UTF-8.", "invalid_json") from None
-        if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _nesting(text) > MAX_JSON_DEPTH:
-            raise bad_request("The JSON body is nested too deeply.", "invalid_json")
-        try:
-            body = json.loads(text, object_pairs_hook=_unique_keys)
-        except ValueError as exc:
-            raise bad_request(f"The body is not valid JSON: {exc}.", "invalid_json") from None
-        if not isinstance(body, dict):
-            raise bad_request("The JSON body must be an object.", "invalid_json")
-        return body
+        return json_object(raw, max_depth)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -95,6 +83,26 @@ class JsonHandler(tornado.web.RequestHandler):
             )
             return
         super().log_exception(typ, value, tb)
+
+
+def json_object(raw: bytes | str, max_depth: int = MAX_JSON_DEPTH) -> dict[str, Any]:
+    """A client's JSON object (a request body, a WebSocket frame), or a 400 saying why not."""
+    if isinstance(raw, bytes):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise bad_request("The body is not valid UTF-8.", "invalid_json") from None
+    else:
+        text = raw
+    if text.count("[") + text.count("{") > max_depth and _nesting(text) > max_depth:
+        raise bad_request("The JSON body is nested too deeply.", "invalid_json")
+    try:
+        body = json.loads(text, object_pairs_hook=_unique_keys)
+    except ValueError as exc:
+        raise bad_request(f"The body is not valid JSON: {exc}.", "invalid_json") from None
+    if not isinstance(body, dict):
+        raise bad_request("The JSON body must be an object.", "invalid_json")
+    return body
 
 
 class NotFoundHandler(JsonHandler):

@@ -82,6 +82,46 @@ async def test_published_events_leave_the_outbox(chat):
     assert await outbox_rows(chat) == 0
 
 
+async def test_the_next_send_deletes_what_the_last_one_published(chat):
+    """Published outbox rows go with the next send's transaction, not one of their own;
+    a send that fails leaves them for the next try."""
+    a, b = await user(chat, "na_user"), await user(chat, "nb_user")
+    await friends(chat, a, b, "na_user", "nb_user")
+    await chat.publisher._forget()
+    await chat.send(a, {"to": b, "body": "one", "client_id": "n1"})
+    assert await outbox_rows(chat) == 2, "the sender's and the receiver's event"
+    with pytest.raises(ApiError):
+        await chat.send(a, {"to": 999_999, "body": "nobody", "client_id": "n2"})
+    await chat.send(a, {"to": b, "body": "two", "client_id": "n3"})
+    # Only the second message's rows are left: the first one's went with it.
+    assert await outbox_rows(chat) == 2
+    await chat.publisher._forget()
+    assert await outbox_rows(chat) == 0
+
+
+async def test_gateway_batches_answer_each_send_on_its_own(chat):
+    """chatcore.service.Chat.send_many: a refusal or a bad body is that send's answer."""
+    a, b = await user(chat, "ga_user"), await user(chat, "gb_user")
+    await friends(chat, a, b, "ga_user", "gb_user")
+    outcomes = await chat.send_many(
+        [
+            (a, {"to": b, "body": "hi", "client_id": "g1"}),
+            (a, {"to": 424242, "body": "stranger", "client_id": "g2"}),
+            (b, "not an object"),
+            (a, {"to": b, "body": "hi", "client_id": "g1"}),
+            (b, {"to": a, "body": "x" * 100_000, "client_id": "g3"}),
+        ]
+    )
+    assert outcomes[0][1] is True and outcomes[3] == (outcomes[0][0], False)
+    assert [o.status if isinstance(o, ApiError) else None for o in outcomes] == [
+        None,
+        403,
+        400,
+        None,
+        413,
+    ]
+
+
 async def test_events_committed_while_redis_is_down_are_published_by_the_sweep(
     settings, redis_factory
 ):

@@ -1,4 +1,4 @@
-"""The batched send path (chatcore.sends, chatcore.groupcommit): same promises, fewer trips.
+"""The batched send path (chatcore.sends, longtail.batching): same promises, fewer trips.
 
 Runs on SQLite by default and on PostgreSQL with LONGTAIL_TEST_DATABASE_URL set: the
 row-lock ordering and ON CONFLICT paths differ between the two.
@@ -17,9 +17,9 @@ from sqlalchemy import event, select, text
 
 from chatcore import sends
 from chatcore.db import Database
-from chatcore.groupcommit import GroupCommit
 from chatcore.models import Conversation, Member, Message
 from chatcore.service import Chat
+from longtail.batching import Batcher
 from longtail.errors import ApiError
 from tests.backends import REAL_DATABASE_URL
 
@@ -245,7 +245,7 @@ async def test_group_commit_gives_each_caller_its_own_outcome():
         await asyncio.sleep(0.01)
         return [ValueError(n) if n == 3 else n * 10 for n in batch]
 
-    group: GroupCommit[int, int] = GroupCommit(run, max_batch=3)
+    group: Batcher[int, int] = Batcher(run, max_batch=3)
     waiters = [asyncio.create_task(group.submit(n)) for n in range(6)]
     await asyncio.sleep(0)
     waiters[4].cancel()  # a caller gone away: the others still get their answers
@@ -262,7 +262,7 @@ async def test_group_commit_serves_a_caller_that_comes_right_after_a_batch():
     async def run(batch: list[int]) -> list[int | BaseException]:
         return list(batch)
 
-    group: GroupCommit[int, int] = GroupCommit(run)
+    group: Batcher[int, int] = Batcher(run)
     for n in range(3):
         assert await asyncio.wait_for(group.submit(n), 5) == n
 
@@ -271,7 +271,7 @@ async def test_group_commit_failure_reaches_every_caller_in_the_batch():
     async def run(batch: list[int]) -> list[int | BaseException]:
         raise OSError("database gone")
 
-    group: GroupCommit[int, int] = GroupCommit(run)
+    group: Batcher[int, int] = Batcher(run)
     results = await asyncio.gather(*[group.submit(n) for n in range(3)], return_exceptions=True)
     assert all(isinstance(r, OSError) for r in results)
 

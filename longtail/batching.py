@@ -1,11 +1,14 @@
-"""Group commit: sends that arrive while a send transaction runs share the next one.
+"""Self-clocking batches: items that arrive while a batch runs share the next one.
 
-Profiles of the send path (bench/profile_send.py) showed its cost going into round trips
-to the database (BEGIN, each statement, COMMIT and its fsync), not into work per
-message. A batch pays those once: chatcore.sends stores N messages in about as many
-statements as one. Nothing waits to fill a batch: a send that finds no transaction
-running starts one at once, so an idle chatcore answers as fast as before, and a busy
-one batches exactly as much as arrived during the previous commit.
+Used twice on the send path (issue 5), where profiles showed the cost going into trips,
+not into work per message: chatcore's group commit (a transaction's BEGIN, statements,
+COMMIT and fsync are paid once per batch; chatcore.sends stores N messages in about as
+many statements as one) and the gateway's hop to chatcore (one internal HTTP request per
+batch of sends instead of one per send).
+
+Nothing waits to fill a batch: an item that finds nothing running starts a batch at
+once, so an idle system answers as fast as without batching, and a busy one batches
+exactly as much as arrived during the previous trip.
 """
 
 from __future__ import annotations
@@ -21,14 +24,15 @@ R = TypeVar("R")
 MAX_BATCH = 64
 
 
-class GroupCommit(Generic[T, R]):
+class Batcher(Generic[T, R]):
     """Runs `run(batch)` for queued items, one batch at a time, in arrival order.
 
     `run` returns one outcome per item: a result, or an exception for that item's caller
     alone. An exception raised by `run` itself goes to every caller in the batch.
 
-    One batch at a time: measured against two in flight (bench/profile_send.py), two
-    cost a third more CPU per send, in chatcore and in PostgreSQL, for no more sends/s.
+    One batch at a time: for chatcore's group commit, measured against two in flight
+    (bench/profile_send.py), two cost a third more CPU per send, in chatcore and in
+    PostgreSQL, for no more sends/s.
     """
 
     def __init__(
