@@ -11,6 +11,7 @@ import json
 from gateway.auth import COOKIE, request_token
 from gateway.base import GatewayHandler
 from gateway.limits import Rate
+from gateway.sending import send_messages
 from longtail.errors import ApiError
 from longtail.validate import field_str, query_int
 
@@ -94,15 +95,16 @@ class Friend(GatewayHandler):
 class Messages(GatewayHandler):
     async def post(self) -> None:
         user = await self.current_user_or_401()
-        sends = self.services.metrics.sends
         try:
-            rate = Rate("sends", self.services.settings.sends_per_minute, 60)
-            await self.services.rates.hit(rate, str(user.id))
-            await self.relay("POST", f"/internal/users/{user.id}/messages", body=self.json_body())
+            body = self.json_body()
         except ApiError as exc:
-            sends.labels(exc.code).inc()
+            self.services.metrics.sends.labels(exc.code).inc()
             raise
-        sends.labels("created" if self.get_status() == 201 else "duplicate").inc()
+        (outcome,) = await send_messages(self.services, user, [body])
+        if isinstance(outcome, ApiError):
+            raise outcome
+        status, message = outcome
+        await self.respond(json.dumps({"message": message}, ensure_ascii=False).encode(), status)
 
 
 class Conversations(GatewayHandler):

@@ -22,7 +22,7 @@ from gateway.presence import Presence
 from longtail.errors import ApiError
 from longtail.logs import REQUEST_ID_HEADER, begin_request
 from longtail.settings import Settings
-from longtail.web import JsonHandler
+from longtail.web import MAX_JSON_DEPTH, JsonHandler
 
 
 @dataclass
@@ -116,7 +116,7 @@ class GatewayHandler(JsonHandler):
         if self._size <= self.services.settings.max_request_bytes:
             self._chunks.append(chunk)
 
-    def json_body(self) -> dict[str, Any]:
+    def json_body(self, max_depth: int = MAX_JSON_DEPTH) -> dict[str, Any]:
         limit = self.services.settings.max_request_bytes
         if self._size > limit:
             raise ApiError(413, "body_too_large", f"The request body is over {limit} bytes.")
@@ -125,7 +125,7 @@ class GatewayHandler(JsonHandler):
         if _media_type(self.request.headers.get("Content-Type", "")) != JSON_TYPE:
             raise ApiError(415, "unsupported_media_type", "Send the body as application/json.")
         self.request.body = b"".join(self._chunks)
-        return super().json_body()
+        return super().json_body(max_depth)
 
     async def current_user_or_401(self) -> User:
         token = request_token(self.request)
