@@ -29,10 +29,11 @@ from gateway.shards import Shards, SingleShard, shards_for
 from gateway.transports.iframe import ForeverIframe
 from gateway.transports.jsonp import JsonpPoll
 from gateway.transports.lean import EventsApplication, HeldJsonp, HeldPoll
+from gateway.transports.lean_stream import HeldEventStream
 from gateway.transports.longpoll import LongPoll
 from gateway.transports.multipart import MultipartStream
 from gateway.transports.sse import EventStream
-from gateway.transports.websocket import EventSocket
+from gateway.transports.websocket import HeldSocket, SocketMethods
 from gateway.transports.xhr import XhrStream
 from longtail.redisconn import command_client
 from longtail.settings import Settings
@@ -110,7 +111,7 @@ def make_app(services: Services) -> tornado.web.Application:
         (r"/api/typing", api.Typing),
         (r"/api/events", LongPoll),
         (r"/api/events/stream", EventStream),
-        (r"/api/events/ws", EventSocket),
+        (r"/api/events/ws", SocketMethods),
         (r"/api/events/jsonp", JsonpPoll),
         (r"/api/events/iframe", ForeverIframe),
         (r"/api/events/multipart", MultipartStream),
@@ -119,7 +120,6 @@ def make_app(services: Services) -> tornado.web.Application:
         (r"/readyz", Readyz),
         (r"/metrics", Metrics),
     ]
-    heartbeat = services.settings.heartbeat
     static: list[Any] = [
         (
             r"/(longtail\.js|tabs\.js|app\.js|app\.css|console\.html|console\.js)",
@@ -128,18 +128,21 @@ def make_app(services: Services) -> tornado.web.Application:
         ),
         (r"/()", StaticFiles, {"path": STATIC, "default_filename": "index.html"}),
     ]
-    # Held GET polls skip the RequestHandler (gateway.transports.lean): most of their
-    # life is idle, and a handler's per-request state doubles what an idle one costs.
-    lean: dict[str, type[HeldPoll]] = {"/api/events": HeldPoll, "/api/events/jsonp": HeldJsonp}
+    # Held GET polls, SSE streams and WebSockets skip the RequestHandler
+    # (gateway.transports.lean, lean_stream, websocket): most of their life is idle,
+    # and a handler's per-request state doubles what an idle one costs.
+    lean: dict[str, type[HeldPoll]] = {
+        "/api/events": HeldPoll,
+        "/api/events/jsonp": HeldJsonp,
+        "/api/events/stream": HeldEventStream,
+        "/api/events/ws": HeldSocket,
+    }
     return EventsApplication(
         services,
         lean,
         [(path, handler, {"services": services}) for path, handler in routes] + static,
         default_handler_class=NotFoundHandler,
         log_function=log_request,
-        websocket_ping_interval=heartbeat,
-        websocket_ping_timeout=heartbeat,  # Tornado requires timeout <= interval
-        websocket_max_message_size=services.settings.max_request_bytes,
     )
 
 

@@ -5,6 +5,7 @@
 //   lt.on("message", (event) => show(event.message));
 //   await lt.start();                          // resolves once a transport is open
 //   await lt.send(friendId, "hello");          // retried safely with one client_id
+//                                              // (on the WebSocket when one is open)
 //
 // Transports, best first: WebSocket, Server-Sent Events, XHR streaming, long-poll, then
 // JSONP script tags and a forever iframe. A transport that errors, or that does not
@@ -17,7 +18,9 @@ export const LADDER = ["websocket", "sse", "xhr", "longpoll", "jsonp", "iframe"]
 export const TRANSPORTS = [...LADDER, "multipart"];
 
 const JSON_HEADERS = { "Content-Type": "application/json" };
-const CONTROL = new Set(["ready", "heartbeat", "close"]);
+const CONTROL = new Set(["ready", "heartbeat", "close", "sent", "send_failed", "error"]);
+// A send on the WebSocket not answered this soon is tried again (by POST, same client_id).
+const SOCKET_SEND_TIMEOUT = 10000;
 
 export class Longtail {
   constructor(options = {}) {
@@ -46,6 +49,7 @@ export class Longtail {
     this.watchdog = null; // fails a connection that shows no life
     this.retry = null; // the pending reconnect
     this.sequence = 0;
+    this.pending = new Map(); // client_id -> the send awaiting its answer on the socket
   }
 
   // -- public API ---------------------------------------------------------------------
@@ -82,15 +86,17 @@ export class Longtail {
     this.status("closed");
   }
 
-  /** Send a direct message. Network failures and 5xx are retried with the same
+  /** Send a direct message: on the WebSocket when one is open (no HTTP request per
+   * message), else by POST. Network failures and 5xx are retried with the same
    * client_id, so the message is stored once however often it is tried. */
   async send(to, body, { attempts = 5 } = {}) {
     const clientId = crypto.randomUUID();
+    const message = { to, body, client_id: clientId };
     let lastError;
     for (let attempt = 0; attempt < attempts; attempt++) {
       try {
-        const answer = await this.request("POST", "/api/messages", { to, body, client_id: clientId });
-        return answer.message;
+        const onSocket = this.isOpen && this.connection?.send && this.sendOnSocket(message);
+        return onSocket ? await onSocket : (await this.request("POST", "/api/messages", message)).message;
       } catch (error) {
         lastError = error;
         if (error.status && error.status < 500) throw error; // the request itself is wrong
@@ -98,6 +104,30 @@ export class Longtail {
       }
     }
     throw lastError;
+  }
+
+  /** The socket's answer to `message`, or null if the socket cannot take it now. */
+  sendOnSocket(message) {
+    if (!this.connection.send({ type: "send", ...message })) return null;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(message.client_id);
+        reject(new Error("no answer on the websocket"));
+      }, SOCKET_SEND_TIMEOUT);
+      this.pending.set(message.client_id, { resolve, reject, timer });
+    });
+  }
+
+  answered(item) {
+    const waiting = this.pending.get(item.client_id);
+    if (!waiting) return;
+    this.pending.delete(item.client_id);
+    clearTimeout(waiting.timer);
+    if (item.type === "sent") return waiting.resolve(item.message);
+    const error = new Error(item.error?.message || `HTTP ${item.status}`);
+    error.status = item.status;
+    error.code = item.error?.code;
+    waiting.reject(error);
   }
 
   /** Call the JSON API. Missed events ride along on the answer (piggyback). */
@@ -148,6 +178,10 @@ export class Longtail {
     } else if (item.type === "close") {
       // The server ends streams (lifetime, drain): come back after its hint.
       this.reconnect(item.retry_ms ?? 1000);
+    } else if (item.type === "sent" || item.type === "send_failed") {
+      this.answered(item);
+    } else if (item.type === "error") {
+      console.error("longtail: the server refused a frame", item.error);
     }
   }
 
@@ -274,7 +308,8 @@ const OPEN = {
       error.code = closing.reason;
       hooks.fail(error);
     };
-    return { close: () => socket.close() };
+    const send = (frame) => socket.readyState === WebSocket.OPEN && (socket.send(JSON.stringify(frame)), true);
+    return { close: () => socket.close(), send };
   },
 
   sse(client, hooks) {

@@ -31,7 +31,7 @@ from tornado import httputil
 from tornado.escape import utf8
 from tornado.http1connection import HTTP1Connection
 
-from gateway.auth import request_token
+from gateway.auth import User, request_token
 from gateway.base import PIGGYBACK_HEADER, Services, log_access, redact_uri
 from gateway.cursors import events_json, parse_cursor, script_safe, valid_callback
 from gateway.feed import Closed, Feed
@@ -56,7 +56,10 @@ CONTROL_CHARS = re.compile(r"[\x00-\x08\x0e-\x1f]")
 ETAGS = re.compile(rb'\*|(?:W/)?"[^"]*"')
 
 
-def query_argument(query: dict[str, list[bytes]], name: str) -> str | None:
+Query = dict[str, list[bytes]]
+
+
+def query_argument(query: Query, name: str) -> str | None:
     """RequestHandler.get_query_argument(name, None): the last value, decoded and stripped."""
     values = query.get(name)
     if not values:
@@ -157,16 +160,21 @@ class HeldPoll(httputil.HTTPMessageDelegate):
         user = await services.auth.user(token)
         # Checked before the request does anything, so a bad header changes nothing.
         parse_cursor(request.headers.get(PIGGYBACK_HEADER))
-        cursor = parse_cursor(query_argument(query, "cursor"))
-        timeout = poll_timeout(query_argument(query, "timeout"), services.settings)
+        cursor = parse_cursor(self.cursor_text(request, query))
+        lifetime = self.lifetime(query)
+        self.authenticated(request, user)
         self._request = None  # what is left to hold is ours: no headers, no arguments
         _shed(request.headers)
         if cursor is None:
-            self._answer([], await services.catchup.head(user.id))
-            return
+            head = await services.catchup.head(user.id)
+            if self.answers_without_cursor:
+                self._answer([], head)
+                return
+            cursor = head
         self._feed = feed = new_feed(services, user, cursor)
         services.connections.acquire(user.id, self._ip)
         self._admitted = True
+        self.opened(feed)
         services.metrics.held.labels(self.transport).inc()
         if self.transport in POLLS:
             services.metrics.pending_polls.inc()
@@ -177,8 +185,26 @@ class HeldPoll(httputil.HTTPMessageDelegate):
             # Arrived on a kept-alive connection after SIGTERM: go elsewhere now.
             feed.mailbox.close("draining")
         loop = asyncio.get_running_loop()
-        self._deadline = loop.time() + timeout
+        self._deadline = loop.time() + lifetime
         await self._step(await feed.next(0), loop)
+
+    # -- what a held stream does differently (gateway.transports.lean_stream) -----------
+
+    answers_without_cursor = True  # a poll without a cursor gets the current one at once
+
+    def cursor_text(self, request: httputil.HTTPServerRequest, query: Query) -> str | None:
+        return query_argument(query, "cursor")
+
+    def lifetime(self, query: Query) -> float:
+        """Seconds the request may be held: the poll's timeout."""
+        return poll_timeout(query_argument(query, "timeout"), self.services.settings)
+
+    def authenticated(self, request: httputil.HTTPServerRequest, user: User) -> None:
+        """Checks of the request's headers once the user and cursor are known (a
+        WebSocket's handshake)."""
+
+    def opened(self, feed: Feed) -> None:
+        """The connection limits admitted the feed; the hub registration follows."""
 
     async def _resume(self) -> None:
         begin_request(self._request_id)
@@ -232,17 +258,7 @@ class HeldPoll(httputil.HTTPMessageDelegate):
             raise
         except Closed as closed:
             self._leave()
-            if closed.reason == "gone":
-                # The handler path logged its usual line for a client that left.
-                self._log(200)
-                return
-            # Draining (the next poll goes elsewhere) or logged out (it gets a 401):
-            # answer now, with the cursor.
-            self.services.metrics.closed.labels(closed.reason).inc()
-            feed = self._feed
-            assert feed is not None
-            self.services.metrics.wrote(self.transport, [])
-            self._answer([], feed.cursor)
+            self._closed(closed.reason)
         except Exception as exc:
             self._leave()
             self._error(exc)
@@ -251,6 +267,20 @@ class HeldPoll(httputil.HTTPMessageDelegate):
             if self._again:
                 self._again = False
                 self._wake()
+
+    def _closed(self, reason: str) -> None:
+        """The mailbox was closed: the client left, the gateway drains, a logout."""
+        if reason == "gone":
+            # The handler path logged its usual line for a client that left.
+            self._log(200)
+            return
+        # Draining (the next poll goes elsewhere) or logged out (it gets a 401): answer
+        # now, with the cursor.
+        self.services.metrics.closed.labels(reason).inc()
+        feed = self._feed
+        assert feed is not None
+        self.services.metrics.wrote(self.transport, [])
+        self._answer([], feed.cursor)
 
     def _leave(self) -> None:
         """Deregister from the hub, the gauges and the limits: exactly once. No step

@@ -78,6 +78,11 @@ class StreamTransport(GatewayHandler):
                 raise ended_early(closed.reason) from None
             self.set_header("Content-Type", self.content_type)
             self.set_header("X-Accel-Buffering", "no")
+            # Events go out as separate small writes: with Nagle's algorithm on, each one
+            # after the first waits for the client's (delayed, ~40 ms) ACK of the last.
+            # (RequestHandler has no set_nodelay; the connection's stream does, and
+            # Tornado resets it when the response ends.)
+            self.request.connection.stream.set_nodelay(True)  # type: ignore[union-attr]
             self.write(self.prelude(cursor))
             end = loop.time() + jittered(settings.stream_max_age)
             reason = "max_age"

@@ -1,34 +1,66 @@
 """WebSocket: GET /api/events/ws?cursor=, one JSON text frame per event.
 
-Authentication and the cursor's form are checked before the upgrade (plain JSON 4xx).
-A cursor that turns out to be ahead of the user's events closes the socket with code
-4400 and the error code as reason. Origins: same-origin, or LONGTAIL_ALLOWED_ORIGINS.
-Control frames (`ready`, `heartbeat`, `close`) are JSON objects without a `seq`.
+Authentication, the handshake's headers, the Origin (same-origin, or
+LONGTAIL_ALLOWED_ORIGINS) and the cursor's form are checked before the upgrade, each a
+plain JSON 4xx. A cursor that turns out to be ahead of the user's events closes the socket
+with code 4400 and the error code as reason (a browser never sees a refused handshake's
+status). Control frames (`ready`, `heartbeat`, `close`) are JSON objects without a `seq`.
+
+The client may send messages on the socket it already holds, the way a WebSocket chat
+client expects to (and without an HTTP request per message, the costliest part of a
+send, issue 5): `{"type": "send", "to" or "conversation_id", "body", "client_id"}`, the
+body of `POST /api/messages` plus its type. Each is answered, in the order sent, by
+`{"type": "sent", "client_id", "status", "message"}` or `{"type": "send_failed",
+"client_id", "status", "error"}` with the status and body the POST would have had. A
+frame that is not such an object gets `{"type": "error", "error"}`; the socket stays.
+
+Why not Tornado's WebSocketHandler: a held socket spends nearly all its life idle, and on
+that path an idle one kept about 22 KiB alive (the handler, its request, the protocol
+object, a frame-reading task and the pump's task, each with its coroutine frames), over
+twice DESIGN.md's 10 KiB. Here a socket is a HeldStream (gateway.transports.lean_stream:
+the same request handling, limits, hub registration, heartbeats and maximum age as SSE)
+that upgrades, then reads frames with callbacks on the IOStream and writes from short
+steps: idle, it holds no task and no frame. The protocol is RFC 6455 without
+extensions, as Tornado's was configured here: masked client frames, fragmentation,
+ping/pong, the close handshake, a maximum message size (LONGTAIL_MAX_REQUEST_BYTES,
+close 1009), UTF-8 text (close 1007); every other violation closes with 1002. Tornado's
+heartbeat ping is kept: a client that answered nothing since the last one is gone.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+import socket
+import struct
 from contextlib import suppress
 from typing import Any
 from urllib.parse import urlsplit
 
-from tornado.websocket import WebSocketClosedError, WebSocketHandler
+from tornado import httputil
+from tornado.http1connection import HTTP1Connection
+from tornado.iostream import IOStream, StreamClosedError
+from tornado.util import _websocket_mask  # Tornado's C unmasking, as its websocket uses
+from tornado.websocket import WebSocketProtocol13
 
-from gateway.auth import User, request_token
-from gateway.base import Services
-from gateway.cursors import parse_cursor
-from gateway.feed import Closed, Feed
-from gateway.transports import held, new_feed
+from gateway.auth import User
+from gateway.base import GatewayHandler, Services
+from gateway.feed import Feed
+from gateway.sending import Outcome, send_messages
+from gateway.transports.lean_stream import HeldStream
 from gateway.transports.stream import control_json
-from gateway.transports.timing import jittered, next_wait, retry_after
+from gateway.transports.timing import retry_after
 from longtail.errors import ApiError
+from longtail.logs import REQUEST_ID_HEADER
+from longtail.web import json_object
+from longtail.wire import Event
 
 log = logging.getLogger("longtail.gateway.ws")
 
 CLOSE_NORMAL = 1000
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_INVALID_DATA = 1007
+CLOSE_TOO_BIG = 1009
 CLOSE_TRY_AGAIN = 1013
 CLOSE_BAD_REQUEST = 4400
 # Why the server ended a healthy socket; in every case the client resumes by cursor.
@@ -38,103 +70,401 @@ CLOSE_CODES = {
     "slow_consumer": CLOSE_TRY_AGAIN,
     "logged_out": 4401,  # the session ended: log in again
 }
+# Sends a socket may have waiting for their answers; past this a client that does not
+# read them is refused (429) instead of growing the gateway's memory.
+MAX_QUEUED_SENDS = 64
+# After our close frame, how long the client has to answer with its own (RFC 6455
+# 7.1.1) before the connection is dropped anyway: Tornado's figure.
+CLOSE_WAIT = 5.0
+# After failing a client that broke the protocol, how long it has to read our close.
+FAIL_LINGER = 1.0
+
+TEXT, BINARY, CONTINUATION, CLOSE, PING, PONG = 0x1, 0x2, 0x0, 0x8, 0x9, 0xA
 
 
-class EventSocket(WebSocketHandler):
-    services: Services
-    user: User
-    feed: Feed | None = None
-    pump: asyncio.Task[None] | None = None
+class HeldSocket(HeldStream):
+    """One WebSocket, from its handshake to its close."""
 
-    def initialize(self, services: Services) -> None:
-        self.services = services
+    __slots__ = (
+        "_closing",
+        "_fragments",
+        "_header",
+        "_heard",
+        "_held",
+        "_key",
+        "_message_text",
+        "_outgoing",
+        "_sender",
+        "_stream",
+        "_user",
+    )
+    transport = "websocket"
 
-    async def prepare(self) -> None:
-        try:
-            self.user = await self.services.auth.user(request_token(self.request))
-            if self.request.headers.get("Upgrade", "").lower() != "websocket":
-                raise ApiError(
-                    400, "websocket_required", "This endpoint speaks WebSocket: send an Upgrade."
-                )
-            self.cursor = parse_cursor(self.get_query_argument("cursor", None))
-            # Refuse before the upgrade, as a plain 429/503, when a limit is reached.
-            self.services.connections.check(self.user.id, self.request.remote_ip or "")
-        except ApiError as exc:
-            self.set_status(exc.status)
-            self.set_header("Content-Type", "application/json; charset=utf-8")
-            self.finish(json.dumps(exc.body()))
+    def __init__(self, services: Services, conn: HTTP1Connection) -> None:
+        super().__init__(services, conn)
+        self._key = ""  # Sec-WebSocket-Key until the upgrade
+        self._user: User | None = None
+        self._stream: IOStream | None = None  # once upgraded
+        self._heard = True  # a frame (a pong...) came since the last ping
+        self._closing = False  # our close frame is out
+        self._header = 0  # the first byte of the frame being read
+        self._fragments: list[bytes] | None = None  # the message being read
+        self._message_text = False  # ... and whether it is text
+        self._held = False  # admitted: from here on, failures close the socket
+        self._outgoing: list[dict[str, Any]] | None = None
+        self._sender: asyncio.Task[None] | None = None
 
-    def check_origin(self, origin: str) -> bool:
-        allowed = self.services.settings.allowed_origins
-        if origin.rstrip("/") in allowed:
+    # -- the handshake, checked before anything is held ---------------------------------
+
+    def authenticated(self, request: httputil.HTTPServerRequest, user: User) -> None:
+        headers = request.headers
+        if headers.get("Upgrade", "").lower() != "websocket":
+            raise ApiError(
+                400, "websocket_required", "This endpoint speaks WebSocket: send an Upgrade."
+            )
+        if "upgrade" not in (t.strip().lower() for t in headers.get("Connection", "").split(",")):
+            raise ApiError(400, "websocket_required", 'The "Connection" header must be "Upgrade".')
+        origin = headers.get("Origin")
+        if origin is not None and not self._origin_allowed(origin, request.host):
+            raise ApiError(403, "cross_origin", "Cross-origin WebSockets are not allowed.")
+        if headers.get("Sec-WebSocket-Version") != "13":
+            raise ApiError(
+                426,
+                "upgrade_required",
+                "Only WebSocket version 13 is spoken here.",
+                {"Sec-WebSocket-Version": "13"},
+            )
+        key = headers.get("Sec-WebSocket-Key", "")
+        if not key:
+            raise ApiError(400, "websocket_required", "The Sec-WebSocket-Key header is missing.")
+        self._key = key
+        self._user = user
+
+    def _origin_allowed(self, origin: str, host: str) -> bool:
+        if origin.rstrip("/") in self.services.settings.allowed_origins:
             return True
         # Same origin as the page's host; a cross-site page must be listed explicitly.
-        return urlsplit(origin).netloc.lower() == self.request.host.lower()
+        return urlsplit(origin).netloc.lower() == host.lower()
 
-    def open(self, *args: Any) -> None:
-        self.pump = asyncio.create_task(self._pump())
+    def opened(self, feed: Feed) -> None:
+        self._held = True
+        super().opened(feed)
 
-    async def _pump(self) -> None:
+    def _upgrade(self) -> None:
+        """101, then the socket is ours: frames are read by callbacks from here on."""
+        accept = WebSocketProtocol13.compute_accept_value(self._key)
+        self._key = ""
+        lines = [
+            "HTTP/1.1 101 Switching Protocols",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            f"Sec-WebSocket-Accept: {accept}",
+        ]
+        if self._request_id:
+            lines.append(f"{REQUEST_ID_HEADER}: {self._request_id}")
+        self._stream = stream = self._conn.detach()
+        # Small frames, often two in a row (an event, then a send's answer): with Nagle's
+        # algorithm on, the second waits for the client's delayed ACK (~40 ms).
+        stream.set_nodelay(True)
+        stream.set_close_callback(self._gone)
+        stream.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        self._log(101)
+        self._read(2, self._on_header)
+
+    # -- events out ----------------------------------------------------------------------
+
+    async def _write_events(self, events: list[Event], beat: bool) -> bool:
+        frames: list[bytes] = []
+        if self._stream is None:
+            self._upgrade()
+            frames.append(control_json("ready", cursor=self._start_cursor))
+        frames += [e.data for e in events]
+        if beat:
+            if not self._heard:  # not even the pong of the last beat's ping: gone
+                self._leave()
+                self._drop()
+                return False
+            self._heard = False
+            # Our pings keep the TCP path alive but pages cannot see them; this frame
+            # lets the client know the stream is alive.
+            frames.append(control_json("heartbeat"))
+            self._frame(PING, b"")
+        written = None
+        for data in frames:
+            written = self._frame(TEXT, data)
+        await self._flushed(written)
+        return True
+
+    def _frame(self, opcode: int, payload: bytes) -> asyncio.Future[None] | None:
+        """Write one unfragmented, unmasked frame (a server's); None once it is closed."""
+        stream = self._stream
+        if stream is None or stream.closed():
+            return None
+        size = len(payload)
+        if size < 126:
+            head = struct.pack("!BB", 0x80 | opcode, size)
+        elif size < 1 << 16:
+            head = struct.pack("!BBH", 0x80 | opcode, 126, size)
+        else:
+            head = struct.pack("!BBQ", 0x80 | opcode, 127, size)
+        written = stream.write(head + payload)
+        written.add_done_callback(_retrieve)
+        return written
+
+    def _drop(self) -> None:
+        if self._stream is not None:
+            self._stream.close()  # its close callback is _gone
+        else:
+            super()._drop()
+
+    # -- how it ends ---------------------------------------------------------------------
+
+    def _can_end(self, reason: str) -> bool:
+        return self._upgraded_for_close()
+
+    def _end(self, reason: str, cursor: int) -> None:
         services = self.services
-        settings = services.settings
-        cursor = self.cursor
-        if cursor is None:
-            cursor = await services.catchup.head(self.user.id)
-        self.feed = feed = new_feed(services, self.user, cursor)
-        feed.mailbox.on_overflow = self._cut_slow_consumer
-        metrics = services.metrics
-        loop = asyncio.get_running_loop()
+        services.metrics.closed.labels(reason).inc()
+        retry_ms = retry_after(reason, services.settings.drain_spread)
+        self._frame(TEXT, control_json("close", reason=reason, cursor=cursor, retry_ms=retry_ms))
+        self._close(CLOSE_CODES.get(reason, CLOSE_NORMAL), reason)
+
+    def _error(self, exc: Exception) -> None:
+        if not self._held:
+            super()._error(exc)  # before anything was held: a plain HTTP answer
+            return
+        if isinstance(exc, StreamClosedError):
+            self._drop()
+            return
+        if isinstance(exc, ApiError):
+            # The client's mistake (cursor_ahead) or ours (chatcore unavailable): only the
+            # latter is worth retrying as is.
+            code = CLOSE_BAD_REQUEST if exc.status < 500 else CLOSE_TRY_AGAIN
+            reason = exc.code
+        else:
+            # A bug must not leave an open socket that delivers nothing: close it, and
+            # the client resumes by cursor.
+            log.error("websocket failed", exc_info=(type(exc), exc, exc.__traceback__))
+            code, reason = CLOSE_TRY_AGAIN, "internal_error"
+        if self._upgraded_for_close():
+            self._close(code, reason)
+
+    def _upgraded_for_close(self) -> bool:
+        """Upgraded (now, if need be) so that a close can say why; False if the client
+        has gone already."""
+        if self._stream is None:
+            stream = self._conn.stream
+            if stream is None or stream.closed():
+                return False
+            self._upgrade()
+        return True
+
+    def _close(self, code: int, reason: str) -> None:
+        """Our close frame; the client's answer (or CLOSE_WAIT) ends the connection."""
+        if self._closing or self._stream is None:
+            return
+        self._closing = True
+        self._frame(CLOSE, struct.pack("!H", code) + reason.encode()[:120])
+        asyncio.get_running_loop().call_later(CLOSE_WAIT, self._drop)
+
+    # -- frames in -----------------------------------------------------------------------
+
+    def _read(self, size: int, then: Any) -> None:
+        stream = self._stream
+        if stream is None or stream.closed():
+            return
         try:
-            async with held(services, "websocket", feed, self.request.remote_ip or ""):
-                events = await feed.next(0)
-                await self.write_message(control_json("ready", cursor=cursor))
-                end = loop.time() + jittered(settings.stream_max_age)
-                while True:
-                    for event in events:
-                        await self.write_message(event.data)
-                    metrics.wrote("websocket", events)
-                    wait = next_wait(settings.heartbeat, end - loop.time())
-                    if wait <= 0:
-                        break
-                    events = await feed.next(wait)
-                    if not events:
-                        # Tornado's pings keep the TCP path alive but pages cannot see
-                        # them; this frame lets the client know the stream is alive.
-                        await self.write_message(control_json("heartbeat"))
-            reason = "max_age"
-        except ApiError as exc:
-            # The client's mistake (cursor_ahead) or ours (chatcore unavailable): only
-            # the latter is worth retrying as is.
-            self.close(CLOSE_BAD_REQUEST if exc.status < 500 else CLOSE_TRY_AGAIN, exc.code)
+            reading = asyncio.ensure_future(stream.read_bytes(size))
+        except StreamClosedError:
             return
-        except Closed as closed:
-            if closed.reason in ("gone", "slow_consumer"):  # already cut
+        reading.add_done_callback(then)
+
+    def _on_header(self, reading: asyncio.Future[bytes]) -> None:
+        data = _received(reading)
+        if data is None:
+            return
+        first, second = data
+        opcode, length = first & 0x0F, second & 0x7F
+        if first & 0x70 or not second & 0x80:  # extension bits, or an unmasked frame
+            self._fail(CLOSE_PROTOCOL_ERROR, "protocol_error")
+        elif opcode >= CLOSE and (not first & 0x80 or length > 125):
+            self._fail(CLOSE_PROTOCOL_ERROR, "protocol_error")  # control frames are small
+        else:
+            self._header = first
+            if length == 126:
+                self._read(2, self._on_length)
+            elif length == 127:
+                self._read(8, self._on_length)
+            else:
+                self._payload(length)
+
+    def _on_length(self, reading: asyncio.Future[bytes]) -> None:
+        data = _received(reading)
+        if data is not None:
+            self._payload(int.from_bytes(data, "big"))
+
+    def _payload(self, length: int) -> None:
+        so_far = sum(map(len, self._fragments)) if self._fragments else 0
+        if so_far + length > self.services.settings.max_request_bytes:
+            self._fail(CLOSE_TOO_BIG, "message_too_big")
+            return
+        self._read(4 + length, self._on_payload)  # the mask, then the payload
+
+    def _on_payload(self, reading: asyncio.Future[bytes]) -> None:
+        data = _received(reading)
+        if data is None:
+            return
+        self._heard = True
+        payload = _websocket_mask(data[:4], data[4:])
+        first = self._header
+        opcode, final = first & 0x0F, bool(first & 0x80)
+        if opcode == CLOSE:
+            self._on_close_frame(payload)
+            return
+        if opcode == PING:
+            self._frame(PONG, payload)
+        elif self._closing:
+            pass  # data after our close frame is dropped (RFC 6455 1.4)
+        elif opcode in (TEXT, BINARY, CONTINUATION):
+            if (opcode == CONTINUATION) != (self._fragments is not None):
+                self._fail(CLOSE_PROTOCOL_ERROR, "protocol_error")  # a stray or cut message
                 return
-            reason = closed.reason
-        except WebSocketClosedError:
+            if opcode != CONTINUATION:
+                self._fragments = []
+                self._message_text = opcode == TEXT
+            assert self._fragments is not None
+            self._fragments.append(payload)
+            if final:
+                message, self._fragments = b"".join(self._fragments), None
+                if not self._on_message(message, self._message_text):
+                    return
+        elif opcode != PONG:
+            self._fail(CLOSE_PROTOCOL_ERROR, "protocol_error")
             return
-        except Exception:
-            # A bug or a client library's surprise must not leave an open socket that
-            # delivers nothing: close it, and the client resumes by cursor.
-            log.exception("websocket pump failed")
-            self.close(CLOSE_TRY_AGAIN, "internal_error")
+        self._read(2, self._on_header)
+
+    def _on_close_frame(self, payload: bytes) -> None:
+        if self._closing:
+            self._drop()  # the answer to ours: done
             return
-        metrics.closed.labels(reason).inc()
-        retry_ms = retry_after(reason, settings.drain_spread)
-        with suppress(WebSocketClosedError):
-            await self.write_message(
-                control_json("close", reason=reason, cursor=feed.cursor, retry_ms=retry_ms)
+        code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else CLOSE_NORMAL
+        self._close_now(code, "")
+
+    def _fail(self, code: int, reason: str) -> None:
+        """A protocol violation: our close frame, then the connection goes (RFC 6455
+        7.1.7: nothing more is read from a client that broke the framing)."""
+        log.info("websocket closed: %s", reason)
+        self._close_now(code, reason, linger=True)
+
+    def _close_now(self, code: int, reason: str, *, linger: bool = False) -> None:
+        """Our close frame (or the echo of the client's), then drop the connection.
+
+        With `linger`, what the client sent is left unread (a frame too big, a broken
+        one): closing at once would answer it with a reset that can overtake our close
+        frame, so our side is shut first and the client has FAIL_LINGER to go.
+        """
+        written = None
+        if not self._closing:
+            self._closing = True
+            written = self._frame(CLOSE, struct.pack("!H", code) + reason.encode()[:120])
+        if written is None:
+            self._drop()
+        elif linger:
+            written.add_done_callback(lambda _: self._shut_then_drop())
+        else:
+            written.add_done_callback(lambda _: self._drop())
+
+    def _shut_then_drop(self) -> None:
+        stream = self._stream
+        if stream is None or stream.closed():
+            return
+        with suppress(OSError):
+            stream.socket.shutdown(socket.SHUT_WR)
+        asyncio.get_running_loop().call_later(FAIL_LINGER, self._drop)
+
+    # -- sends in --------------------------------------------------------------------------
+
+    def _on_message(self, message: bytes, text: bool) -> bool:
+        """A `send` frame joins the socket's queue; its answer comes in order. False if
+        the socket is being closed over it."""
+        if text:
+            try:
+                message.decode("utf-8")
+            except UnicodeDecodeError:
+                self._fail(CLOSE_INVALID_DATA, "invalid_utf8")
+                return False
+        try:
+            frame = send_frame(message)
+        except ApiError as exc:
+            self._frame(TEXT, control_json("error", **exc.body()))
+            return True
+        outgoing = self._outgoing
+        if outgoing is None:
+            outgoing = self._outgoing = []
+        if len(outgoing) >= MAX_QUEUED_SENDS:
+            refusal = ApiError(
+                429, "too_many_sends", f"At most {MAX_QUEUED_SENDS} sends may await answers."
             )
-        self.close(CLOSE_CODES.get(reason, CLOSE_NORMAL), reason)
+            self._frame(TEXT, answer_json(frame.get("client_id"), refusal))
+            return True
+        outgoing.append(frame)
+        if self._sender is None:
+            self._sender = asyncio.ensure_future(self._send_queued())
+        return True
 
-    def _cut_slow_consumer(self) -> None:
-        """Mailbox full: the client is not reading. Close now; it resumes by cursor."""
-        self.services.metrics.closed.labels("slow_consumer").inc()
-        self.close(CLOSE_CODES["slow_consumer"], "slow_consumer")
+    async def _send_queued(self) -> None:
+        """Send what is queued, all at once (one rate-limit check, one batch), answer in
+        order, and go again for what arrived meanwhile."""
+        user = self._user
+        assert user is not None
+        try:
+            while self._outgoing:
+                frames, self._outgoing = self._outgoing, None
+                outcomes = await send_messages(self.services, user, frames)
+                # Not awaited: a client gone meanwhile just misses the answers (its sends
+                # are idempotent on client_id; it resends after reconnecting).
+                for frame, outcome in zip(frames, outcomes, strict=True):
+                    self._frame(TEXT, answer_json(frame.get("client_id"), outcome))
+        except Exception:
+            log.exception("websocket sends failed")
+            self._close(CLOSE_TRY_AGAIN, "internal_error")
+        finally:
+            self._sender = None
 
-    def on_message(self, message: str | bytes) -> None:
-        """Clients send nothing on this socket; commands go through the REST API."""
 
-    def on_close(self) -> None:
-        if self.feed is not None:
-            self.feed.mailbox.close("gone")
+class SocketMethods(GatewayHandler):
+    """/api/events/ws for anything but GET (which HeldSocket takes): a JSON 405."""
+
+
+def send_frame(message: str | bytes) -> dict[str, Any]:
+    """A client frame as the message it sends (its `type` dropped), or a 400."""
+    frame = json_object(message)
+    if frame.get("type") != "send":
+        raise ApiError(400, "unknown_frame", 'The client sends only {"type": "send", ...}.')
+    del frame["type"]
+    return frame
+
+
+def answer_json(client_id: Any, outcome: Outcome) -> bytes:
+    """The answer to a `send` frame, with what `POST /api/messages` would have said."""
+    if isinstance(outcome, ApiError):
+        return control_json(
+            "send_failed", client_id=client_id, status=outcome.status, **outcome.body()
+        )
+    status, message = outcome
+    return control_json("sent", client_id=client_id, status=status, message=message)
+
+
+def _received(reading: asyncio.Future[bytes]) -> bytes | None:
+    """A read's bytes; None when the connection closed first (its callback says gone)."""
+    if reading.cancelled():
+        return None
+    with suppress(StreamClosedError):
+        return reading.result()
+    return None
+
+
+def _retrieve(written: asyncio.Future[None]) -> None:
+    """A write nobody awaits: its failure (the client went) is expected, not an error."""
+    if not written.cancelled():
+        written.exception()

@@ -60,16 +60,37 @@ async def test_each_transport_delivers_in_the_browser_and_resumes_on_another_gat
     assert not await elsewhere.value("window.pwned") and elsewhere.dialogs == []
 
 
+COUNT_POSTS = """() => {
+  window.posts = 0;
+  const fetch = window.fetch;
+  window.fetch = (url, ...rest) => {
+    if (String(url).includes("/api/messages")) window.posts += 1;
+    return fetch(url, ...rest);
+  };
+}"""
+
+
 async def test_auto_mode_picks_websocket_and_send_is_delivered_once(browser, people, cluster):
     alice, bob = people
     page = await browser_user(browser, cluster.urls[0], bob)
     assert await page.start() == "websocket"
+    await page.value(COUNT_POSTS)
     message = await page.value(f"window.lt.send({alice.user_id}, 'from the browser')")
     assert message["body"] == "from the browser"
+    assert await page.value("window.posts") == 0, "sent on the open WebSocket, not by POST"
     own = await page.wait_messages(1)  # the sender's own event reaches their other tabs
     assert messages(own) == ["from the browser"]
     alice.cursor = 0
     assert messages(await alice.poll_until(3)) == ["from the browser"]
+    refused = await page.value(
+        "window.lt.send(424242, 'nobody').then(() => null, (e) => [e.status, e.code])"
+    )
+    assert refused == [403, "not_friend"]
+    # With no socket open, the same call POSTs.
+    await page.value("window.lt.stop()")
+    await page.value(f"window.lt.send({alice.user_id}, 'by post')")
+    assert await page.value("window.posts") == 1
+    assert messages(await alice.poll_until(1)) == ["by post"]
 
 
 async def test_behind_a_buffering_proxy_the_client_falls_back_to_long_polling(
