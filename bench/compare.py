@@ -157,8 +157,11 @@ async def run_longtail(cluster: longtail_side.CompareCluster, args: argparse.Nam
                         transport, gw2, receivers, [audit] * n, redis, keys
                     ) as tasks,
                     longtail_side.client_session() as http,
+                    longtail_side.message_poster(
+                        transport, http, gw1, [p.sender for p in pairs[:n]]
+                    ) as posts,
                 ):
-                    send = longtail_side.direct_sender(http, gw1, pairs[:n])
+                    send = longtail_side.direct_sender(posts, pairs[:n])
                     out[phase][transport] = await drive(
                         send, n, audit, tasks, servers, duration=args.duration, rate=rate
                     )
@@ -174,8 +177,9 @@ async def run_longtail(cluster: longtail_side.CompareCluster, args: argparse.Nam
                     keys,
                 ) as tasks,
                 longtail_side.client_session() as http,
+                longtail_side.message_poster(transport, http, gw1, [creator]) as (post,),
             ):
-                send_room = longtail_side.room_sender(http, gw1, creator, room_id)
+                send_room = longtail_side.room_sender(post, room_id)
                 result = await fan_out(send_room, audit, args.fanout_repeats, tasks)
             out["fanout"][transport] = result.as_json()
     finally:

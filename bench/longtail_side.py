@@ -13,7 +13,7 @@ import json
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -247,27 +247,100 @@ async def post_message(
         raise SendFailed(f"POST /api/messages: {exc!r}") from exc
 
 
-def direct_sender(http: aiohttp.ClientSession, gateway: Service, pairs: list[Pair]) -> Send:
-    """Pair i's sender posts to its receiver (client_id: the body, unique per send)."""
+class SocketSender:
+    """A sender on its own WebSocket: `send` frames, each awaiting its `sent` answer (as
+    a WebSocket client sends, and as socket.io's clients do in its websocket phases).
+    The events the socket also carries (the sender's copy of its messages) are read and
+    dropped, so the gateway never sees a slow consumer."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.reader = asyncio.create_task(self._read())
+
+    async def send(self, message: dict[str, Any]) -> None:
+        answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.waiting[message["client_id"]] = answer
+        try:
+            await self.ws.send_str(json.dumps({"type": "send", **message}))
+            result = await asyncio.wait_for(answer, SEND_TIMEOUT.total)
+        except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
+            raise SendFailed(f"websocket send: {exc!r}") from exc
+        finally:
+            self.waiting.pop(message["client_id"], None)
+        if result.get("type") != "sent" or result.get("status") != 201:
+            raise SendFailed(f"websocket send answered {result!r}")
+
+    async def _read(self) -> None:
+        async for frame in self.ws:
+            if frame.type != aiohttp.WSMsgType.TEXT:
+                continue
+            data = json.loads(frame.data)
+            if data.get("type") in ("sent", "send_failed"):
+                waiter = self.waiting.get(data.get("client_id"))
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(data)
+        for waiter in self.waiting.values():
+            if not waiter.done():
+                waiter.set_exception(SendFailed("the sender's websocket closed"))
+
+
+@asynccontextmanager
+async def socket_senders(
+    http: aiohttp.ClientSession, gateway: Service, users: list[User]
+) -> AsyncIterator[list[SocketSender]]:
+    """One open WebSocket per sending user on `gateway`, closed on the way out."""
+    sockets: list[aiohttp.ClientWebSocketResponse] = []
+    try:
+        for user in users:
+            sockets.append(
+                await http.ws_connect(
+                    f"{gateway.url}/api/events/ws",
+                    headers={**user.auth, "Origin": gateway.url},
+                    timeout=aiohttp.ClientWSTimeout(ws_close=5),
+                )
+            )
+        yield [SocketSender(ws) for ws in sockets]
+    finally:
+        await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+
+
+def message_poster(
+    transport: str, http: aiohttp.ClientSession, gateway: Service, users: list[User]
+) -> AbstractAsyncContextManager[list[Callable[[dict[str, Any]], Awaitable[None]]]]:
+    """How each of `users` sends on this transport: frames on its own WebSocket for the
+    websocket phases, POST /api/messages for the others (a one-way stream or polls)."""
+    if transport == "websocket":
+        return _socket_posts(http, gateway, users)
+    return nullcontext([partial(post_message, http, gateway, user) for user in users])
+
+
+@asynccontextmanager
+async def _socket_posts(
+    http: aiohttp.ClientSession, gateway: Service, users: list[User]
+) -> AsyncIterator[list[Callable[[dict[str, Any]], Awaitable[None]]]]:
+    async with socket_senders(http, gateway, users) as sockets:
+        yield [s.send for s in sockets]
+
+
+def direct_sender(
+    posts: list[Callable[[dict[str, Any]], Awaitable[None]]], pairs: list[Pair]
+) -> Send:
+    """Pair i's sender sends to its receiver (client_id: the body, unique per send)."""
 
     async def send(pair: int, body: str) -> None:
-        p = pairs[pair]
-        await post_message(
-            http, gateway, p.sender, {"to": p.receiver.id, "body": body, "client_id": body}
-        )
+        await posts[pair]({"to": pairs[pair].receiver.id, "body": body, "client_id": body})
 
     return send
 
 
 def room_sender(
-    http: aiohttp.ClientSession, gateway: Service, sender: User, room_id: int
+    post: Callable[[dict[str, Any]], Awaitable[None]], room_id: int
 ) -> Callable[[str], Awaitable[None]]:
-    """The room's messages, all from `sender` (a member)."""
+    """The room's messages, all from one sender (a member)."""
 
     async def send(body: str) -> None:
-        await post_message(
-            http, gateway, sender, {"conversation_id": room_id, "body": body, "client_id": body}
-        )
+        await post({"conversation_id": room_id, "body": body, "client_id": body})
 
     return send
 
