@@ -264,9 +264,10 @@ class HeldPoll(httputil.HTTPMessageDelegate):
             self._error(exc)
         finally:
             self._task = None
-            if self._again:
-                self._again = False
-                self._wake()
+        # Only after a step that ended (not one cancelled, or closed with its loop).
+        if self._again:
+            self._again = False
+            self._wake()
 
     def _closed(self, reason: str) -> None:
         """The mailbox was closed: the client left, the gateway drains, a logout."""
