@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 
 from tornado import httputil
 from tornado.http1connection import HTTP1Connection
-from tornado.iostream import IOStream, StreamClosedError
+from tornado.iostream import IOStream, StreamBufferFullError, StreamClosedError
 from tornado.util import _websocket_mask  # Tornado's C unmasking, as its websocket uses
 from tornado.websocket import WebSocketProtocol13
 
@@ -78,6 +78,13 @@ MAX_QUEUED_SENDS = 64
 CLOSE_WAIT = 5.0
 # After failing a client that broke the protocol, how long it has to read our close.
 FAIL_LINGER = 1.0
+# What may wait in a socket's write buffer. A healthy client takes far less: its mailbox
+# holds at most LONGTAIL_MAILBOX_SIZE events (256), and answers to its own frames are
+# small. One that sends without reading (pings, refused frames: each answered at once)
+# would otherwise grow the gateway's memory until its next heartbeat's write timed out.
+MAX_WRITE_BUFFER = 4 * 1024 * 1024
+# Close codes a client may send (RFC 6455 7.4: 1004-1006 and 1015 are never sent).
+VALID_CLOSE_CODES = frozenset((*range(1000, 1004), *range(1007, 1015), *range(3000, 5000)))
 
 TEXT, BINARY, CONTINUATION, CLOSE, PING, PONG = 0x1, 0x2, 0x0, 0x8, 0x9, 0xA
 
@@ -92,6 +99,7 @@ class HeldSocket(HeldStream):
         "_heard",
         "_held",
         "_key",
+        "_message_size",
         "_message_text",
         "_outgoing",
         "_sender",
@@ -109,6 +117,7 @@ class HeldSocket(HeldStream):
         self._closing = False  # our close frame is out
         self._header = 0  # the first byte of the frame being read
         self._fragments: list[bytes] | None = None  # the message being read
+        self._message_size = 0  # ... its size so far (each fragment counts a byte at least)
         self._message_text = False  # ... and whether it is text
         self._held = False  # admitted: from here on, failures close the socket
         self._outgoing: list[dict[str, Any]] | None = None
@@ -163,6 +172,7 @@ class HeldSocket(HeldStream):
         if self._request_id:
             lines.append(f"{REQUEST_ID_HEADER}: {self._request_id}")
         self._stream = stream = self._conn.detach()
+        stream.max_write_buffer_size = MAX_WRITE_BUFFER
         # Small frames, often two in a row (an event, then a send's answer): with Nagle's
         # algorithm on, the second waits for the client's delayed ACK (~40 ms).
         stream.set_nodelay(True)
@@ -196,9 +206,10 @@ class HeldSocket(HeldStream):
         return True
 
     def _frame(self, opcode: int, payload: bytes) -> asyncio.Future[None] | None:
-        """Write one unfragmented, unmasked frame (a server's); None once it is closed."""
+        """Write one unfragmented, unmasked frame (a server's); None once it is closed,
+        and once our close frame is out (nothing may follow it, RFC 6455 5.5.1)."""
         stream = self._stream
-        if stream is None or stream.closed():
+        if stream is None or stream.closed() or (self._closing and opcode != CLOSE):
             return None
         size = len(payload)
         if size < 126:
@@ -207,7 +218,13 @@ class HeldSocket(HeldStream):
             head = struct.pack("!BBH", 0x80 | opcode, 126, size)
         else:
             head = struct.pack("!BBQ", 0x80 | opcode, 127, size)
-        written = stream.write(head + payload)
+        try:
+            written = stream.write(head + payload)
+        except StreamBufferFullError:
+            log.info("websocket: the client reads nothing of what it asks for; dropping it")
+            self.services.metrics.closed.labels("slow_consumer").inc()
+            self._drop()
+            return None
         written.add_done_callback(_retrieve)
         return written
 
@@ -304,10 +321,14 @@ class HeldSocket(HeldStream):
             self._payload(int.from_bytes(data, "big"))
 
     def _payload(self, length: int) -> None:
-        so_far = sum(map(len, self._fragments)) if self._fragments else 0
-        if so_far + length > self.services.settings.max_request_bytes:
-            self._fail(CLOSE_TOO_BIG, "message_too_big")
-            return
+        opcode = self._header & 0x0F
+        if opcode < CLOSE:  # data: the message's size so far counts (control frames: no)
+            before = self._message_size if opcode == CONTINUATION else 0
+            # At least a byte per fragment: endless empty fragments end too.
+            size = self._message_size = before + max(length, 1)
+            if size > self.services.settings.max_request_bytes:
+                self._fail(CLOSE_TOO_BIG, "message_too_big")
+                return
         self._read(4 + length, self._on_payload)  # the mask, then the payload
 
     def _on_payload(self, reading: asyncio.Future[bytes]) -> None:
@@ -347,8 +368,19 @@ class HeldSocket(HeldStream):
         if self._closing:
             self._drop()  # the answer to ours: done
             return
-        code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else CLOSE_NORMAL
-        self._close_now(code, "")
+        if not payload:
+            self._close_now(CLOSE_NORMAL, "")
+            return
+        code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 0
+        if code not in VALID_CLOSE_CODES:
+            self._fail(CLOSE_PROTOCOL_ERROR, "protocol_error")
+            return
+        try:
+            payload[2:].decode("utf-8")
+        except UnicodeDecodeError:
+            self._fail(CLOSE_INVALID_DATA, "invalid_utf8")
+            return
+        self._close_now(code, "")  # echoed, as Tornado did
 
     def _fail(self, code: int, reason: str) -> None:
         """A protocol violation: our close frame, then the connection goes (RFC 6455
@@ -369,10 +401,13 @@ class HeldSocket(HeldStream):
             written = self._frame(CLOSE, struct.pack("!H", code) + reason.encode()[:120])
         if written is None:
             self._drop()
-        elif linger:
+            return
+        if linger:
             written.add_done_callback(lambda _: self._shut_then_drop())
         else:
             written.add_done_callback(lambda _: self._drop())
+        # A client that reads nothing never lets the write finish: gone all the same.
+        asyncio.get_running_loop().call_later(CLOSE_WAIT, self._drop)
 
     def _shut_then_drop(self) -> None:
         stream = self._stream
@@ -417,8 +452,13 @@ class HeldSocket(HeldStream):
         order, and go again for what arrived meanwhile."""
         user = self._user
         assert user is not None
+        feed = self._feed
         try:
-            while self._outgoing:
+            # Not after our close frame (the answers could not be written), nor as a
+            # session that logged out meanwhile.
+            while self._outgoing and not self._closing:
+                if feed is not None and feed.mailbox.closed is not None:
+                    break
                 frames, self._outgoing = self._outgoing, None
                 outcomes = await send_messages(self.services, user, frames)
                 # Not awaited: a client gone meanwhile just misses the answers (its sends

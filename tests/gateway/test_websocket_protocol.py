@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
+import socket
 import struct
 
 import aiohttp
 import pytest
 
+from gateway.transports import websocket
 from tests.waiting import eventually
 
 DEADLINE = 10.0
@@ -62,6 +65,12 @@ class RawSocket:
                 assert got == opcode, f"the server closed before opcode {opcode}"
                 return payload
 
+    async def drop(self) -> None:
+        """Close the connection at once (unsent frames too), and wait until it is."""
+        self.writer.transport.abort()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()
+
     async def closed(self) -> bool:
         """The server closed the TCP connection (after whatever it still sent)."""
         async with asyncio.timeout(DEADLINE):
@@ -70,9 +79,20 @@ class RawSocket:
         return True
 
 
-async def open_raw(base: str, token: str, path: str = "/api/events/ws") -> RawSocket:
+async def open_raw(
+    base: str, token: str, path: str = "/api/events/ws", *, receive_buffer: int = 0
+) -> RawSocket:
     host, port = base.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
+    sock = socket.socket()
+    if receive_buffer:  # set before connecting: it bounds the window the server sees
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.setblocking(False)
+    try:
+        await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+    except OSError:
+        sock.close()
+        raise
+    reader, writer = await asyncio.open_connection(sock=sock)
     key = base64.b64encode(os.urandom(16)).decode()
     writer.write(
         (
@@ -94,7 +114,7 @@ async def raw(pair, stack):
     _, bob = pair
     sock = await open_raw(stack.urls[0], bob.token)
     yield sock
-    sock.writer.close()
+    await sock.drop()  # at once, even with frames the server never read
 
 
 async def test_ping_is_answered_with_its_payload(raw):
@@ -131,8 +151,20 @@ async def test_the_clients_close_is_echoed_and_the_connection_ends(raw, stack):
         ([(0x3, b"reserved opcode", True)], 1002),
         ([(0x1, b'{"a": "\xff\xfe"}', True)], 1007),  # text that is not UTF-8
         ([(0x1, b"x" * 70_000, True)], 1009),  # over LONGTAIL_MAX_REQUEST_BYTES
+        ([(0x8, b"\x03", True)], 1002),  # a close code cut in half
+        ([(0x8, struct.pack("!H", 1005), True)], 1002),  # a code never sent on the wire
+        ([(0x8, struct.pack("!H", 1000) + b"\xff", True)], 1007),  # a reason not UTF-8
     ],
-    ids=["unmasked", "stray-continuation", "reserved-opcode", "bad-utf8", "too-big"],
+    ids=[
+        "unmasked",
+        "stray-continuation",
+        "reserved-opcode",
+        "bad-utf8",
+        "too-big",
+        "short-close",
+        "reserved-close-code",
+        "bad-close-reason",
+    ],
 )
 async def test_protocol_violations_close_with_their_code(raw, stack, frames, code):
     for opcode, payload, mask in frames:
@@ -140,6 +172,62 @@ async def test_protocol_violations_close_with_their_code(raw, stack, frames, cod
     assert struct.unpack("!H", (await raw.until(0x8))[:2])[0] == code
     assert await raw.closed()
     await eventually(lambda: stack.gateways[0].services.connections.held == 0)
+
+
+async def test_endless_empty_fragments_are_a_message_too_big(raw, stack):
+    """Each fragment counts a byte at least: a client cannot grow a message forever."""
+    services = stack.gateways[0].services
+    services.settings = services.settings.with_(max_request_bytes=2048)
+    raw.send(0x1, b"", fin=False)
+    for _ in range(3000):
+        raw.send(0x0, b"", fin=False)
+    assert struct.unpack("!H", (await raw.until(0x8))[:2])[0] == 1009
+    assert await raw.closed()
+    await eventually(lambda: services.connections.held == 0)
+
+
+async def test_nothing_follows_the_servers_close_frame(pair, stack):
+    """After our close (here: a logout), a ping gets no pong: nothing may follow a close."""
+    _, bob = pair
+    sock = await open_raw(stack.urls[0], bob.token)
+    try:
+        assert (await bob.request("POST", "/api/logout")).status in (200, 204)
+        closing = await sock.until(0x8)
+        assert struct.unpack("!H", closing[:2])[0] == 4401
+        sock.send(0x9, b"still there?")
+        sock.send(0x8, closing[:2])  # the client's answer ends the handshake
+        frames = []
+        while (frame := await sock.frame())[0] != -1:
+            frames.append(frame)
+        assert frames == []
+    finally:
+        await sock.drop()
+
+
+async def test_a_client_that_sends_without_reading_is_dropped(pair, stack, monkeypatch):
+    """Pings are answered at once: one that never reads its pongs must not grow the
+    gateway's write buffer without bound."""
+    monkeypatch.setattr(websocket, "MAX_WRITE_BUFFER", 64 * 1024)
+    _, bob = pair
+    services = stack.gateways[0].services
+    # No heartbeat comes to end it: the client is busy pinging, not silent.
+    services.settings = services.settings.with_(heartbeat=60)
+    sock = await open_raw(stack.urls[0], bob.token, receive_buffer=4096)
+
+    async def flood() -> None:
+        while True:
+            for _ in range(200):
+                sock.send(0x9, b"p" * 120)
+            await sock.writer.drain()
+
+    flooding = asyncio.create_task(flood())
+    try:
+        await eventually(lambda: services.connections.held == 0, deadline=DEADLINE)
+        assert services.metrics.closed.labels("slow_consumer")._value.get() == 1
+    finally:
+        flooding.cancel()
+        await asyncio.gather(flooding, return_exceptions=True)
+        await sock.drop()  # what is still unsent goes too
 
 
 async def test_an_idle_socket_holds_no_task(raw, stack):
@@ -159,7 +247,7 @@ async def test_a_client_that_stops_answering_pings_is_dropped(pair, stack):
         assert await sock.closed()
         await eventually(lambda: gateway.services.connections.held == 0)
     finally:
-        sock.writer.close()
+        await sock.drop()
 
 
 async def test_handshake_refusals_are_json(pair, stack, http):

@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from tests.client import Client, messages
+from tests.waiting import eventually
 
 DEADLINE = 10.0
 
@@ -117,6 +118,8 @@ async def test_a_frame_over_the_request_size_limit_closes_the_socket(pair, stack
             while not ws.closed:
                 await ws.receive()
     assert ws.close_code == 1009
+    # The gateway's side goes too (after letting the client read the close).
+    await eventually(lambda: stack.gateways[0].services.connections.held == 0)
 
 
 @pytest.mark.parametrize(
