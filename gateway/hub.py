@@ -415,7 +415,7 @@ class Hub:
                 while True:
                     message = await pubsub.get_message(timeout=None)
                     if message is not None:
-                        self._handle(shard, message)
+                        self._handle_one(shard, message)
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
@@ -464,6 +464,16 @@ class Hub:
             with suppress(RedisError, OSError):
                 await pubsub.aclose()
             self.reconnects += 1
+
+    def _handle_one(self, shard: _Shard, message: dict[str, Any]) -> None:
+        """_handle, caught per message: a failure in one (a transport's callback) must not
+        end the reader, which would leave its shard connected and silent."""
+        try:
+            self._handle(shard, message)
+        except (RedisError, OSError):
+            raise  # the connection's own trouble: the reader reconnects
+        except Exception:
+            log.exception("hub: a message on %r could not be handled", message.get("channel"))
 
     def _handle(self, shard: _Shard, message: dict[str, Any]) -> None:
         """One message from redis-py: {"type", "channel": bytes, "data": bytes | int}."""
@@ -543,9 +553,17 @@ class Hub:
                     log.warning(
                         "redis subscriber %s silent for %.1fs; replacing it", shard.name, silent
                     )
-                    shard.reader.cancel()
-                    with suppress(asyncio.CancelledError):
-                        await shard.reader
+                    reader = shard.reader
+                    reader.cancel()
+                    # wait, not await: the reader's own failure must not end the
+                    # watchdog (a cancellation of the watchdog itself still does).
+                    await asyncio.wait([reader])
+                    if not reader.cancelled() and reader.exception() is not None:
+                        log.error(
+                            "redis subscriber %s had failed",
+                            shard.name,
+                            exc_info=reader.exception(),
+                        )
                     shard.connected = False
                     if self._by_name.get(shard.name) is shard:
                         shard.reader = asyncio.create_task(

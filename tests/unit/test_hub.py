@@ -66,6 +66,26 @@ async def test_a_returning_listener_within_the_grace_keeps_the_subscription(
         await eventually(lambda: box._events)
 
 
+async def test_a_failing_connection_callback_does_not_end_the_reader(
+    hub, redis_factory, redis_prefix, caplog
+):
+    """A transport's callback that raises is that connection's bug: the reader logs it
+    and goes on delivering to everyone else."""
+    keys, publisher = Keys(redis_prefix), redis_factory()
+    broken, fine = Mailbox(10), Mailbox(10)
+
+    def fail() -> None:
+        raise RuntimeError("a transport bug")
+
+    async with hub.listen(4, broken), hub.listen(5, fine):
+        broken.stale = fine.stale = False
+        broken.on_ready(fail)
+        await publisher.spublish(keys.channel(4), Event(1, b"{}").to_message())
+        await publisher.spublish(keys.channel(5), Event(1, b"{}").to_message())
+        await eventually(lambda: fine._events)
+        assert "could not be handled" in caplog.text
+
+
 async def test_a_malformed_message_is_ignored_and_the_reader_goes_on(
     hub, redis_factory, redis_prefix
 ):
