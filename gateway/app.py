@@ -86,6 +86,13 @@ class StaticFiles(tornado.web.StaticFileHandler):
 COMMAND_POOL = 256
 
 
+def command_options() -> dict[str, Any]:
+    """Commands time out instead of hanging on a black-holed Redis: each has a way on
+    (session and catch-up: chatcore; a rate limit: unchecked), and a held poll's answer
+    waits for its catch-up."""
+    return {"socket_connect_timeout": 1.0, "socket_timeout": 2.0}
+
+
 def subscriber_options() -> dict[str, Any]:
     """The subscriber must surface every connection error to the hub, which then
     re-subscribes and catches up; redis-py's silent retry would hide the gap."""
@@ -159,7 +166,9 @@ class Gateway:
         keys = Keys(settings.redis_prefix)
         self.settings = settings
         self.metrics = GatewayMetrics()
-        self.redis = redis or command_client(settings.redis_url, max_connections=COMMAND_POOL)
+        self.redis = redis or command_client(
+            settings.redis_url, max_connections=COMMAND_POOL, **command_options()
+        )
         if subscriber is None:
             subscriber = shards_for(settings.redis_url, **subscriber_options())
         elif isinstance(subscriber, Redis):
