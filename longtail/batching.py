@@ -1,10 +1,11 @@
 """Self-clocking batches: items that arrive while a batch runs share the next one.
 
-Used twice on the send path (issue 5), where profiles showed the cost going into trips,
-not into work per message: chatcore's group commit (a transaction's BEGIN, statements,
-COMMIT and fsync are paid once per batch; chatcore.sends stores N messages in about as
-many statements as one) and the gateway's hop to chatcore (one internal HTTP request per
-batch of sends instead of one per send).
+Used three times on the send path (issue 5), where profiles showed the cost going into
+trips, not into work per message: chatcore's group commit (a transaction's BEGIN,
+statements, COMMIT and fsync are paid once per batch; chatcore.sends stores N messages in
+about as many statements as one), the gateway's hop to chatcore (one internal HTTP
+request per batch of sends instead of one per send) and its rate checks (one Redis round
+trip per batch, gateway.limits).
 
 Nothing waits to fill a batch: an item that finds nothing running starts a batch at
 once, so an idle system answers as fast as without batching, and a busy one batches
