@@ -7,8 +7,8 @@ import logging
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 

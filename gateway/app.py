@@ -10,8 +10,8 @@ from typing import Any
 
 import tornado.web
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.retry import Retry
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
