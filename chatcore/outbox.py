@@ -13,12 +13,13 @@ import asyncio
 import logging
 import time
 from datetime import timedelta
+from typing import cast
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline
 from redis.exceptions import RedisError
-from sqlalchemy import bindparam, delete, select, tuple_
+from sqlalchemy import Table, bindparam, delete, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chatcore.db import Database
@@ -83,14 +84,19 @@ def deliver(
 
 
 async def forget(tx: AsyncSession, rows: list[tuple[int, int]]) -> None:
-    """Delete these (user_id, seq) outbox rows: their events are published."""
+    """Delete these (user_id, seq) outbox rows: their events are published.
+
+    On the session's connection, in Core: through the session, the ORM's bulk-delete
+    machinery took a twentieth of chatcore's CPU in the send path's profile.
+    """
     if rows:
-        await tx.execute(FORGET, {"rows": rows})
+        await (await tx.connection()).execute(FORGET, {"rows": rows})
 
 
+OUTBOX = cast(Table, Outbox.__table__)
 # Built once: building the expression cost more than running it (profile of the send path).
-FORGET = delete(Outbox).where(
-    tuple_(Outbox.user_id, Outbox.seq).in_(bindparam("rows", expanding=True))
+FORGET = delete(OUTBOX).where(
+    tuple_(OUTBOX.c.user_id, OUTBOX.c.seq).in_(bindparam("rows", expanding=True))
 )
 
 
