@@ -113,7 +113,9 @@ class HeldPoll(httputil.HTTPMessageDelegate):
         # user's, behind a proxy that pools its upstream connections).
         self._task: asyncio.Future[None] | None = None
         self._again = False  # woken during a step: look again when it ends
-        self._over = False  # left (answered, ended, gone): nothing more to do
+        # Left (answered, ended, gone): nothing more to do. Also set by a client that
+        # goes while _start still awaits, before there is a mailbox to close.
+        self._over = False
 
     # -- HTTPMessageDelegate: the request arrives --------------------------------------
 
@@ -158,6 +160,8 @@ class HeldPoll(httputil.HTTPMessageDelegate):
         if token is None and self.query_token:
             token = query_argument(query, "token")
         user = await services.auth.user(token)
+        if self._over:
+            raise Closed("gone")  # the client left meanwhile: nothing to register
         # Checked before the request does anything, so a bad header changes nothing.
         parse_cursor(request.headers.get(PIGGYBACK_HEADER))
         cursor = parse_cursor(self.cursor_text(request, query))
@@ -167,6 +171,8 @@ class HeldPoll(httputil.HTTPMessageDelegate):
         _shed(request.headers)
         if cursor is None:
             head = await services.catchup.head(user.id)
+            if self._over:
+                raise Closed("gone")
             if self.answers_without_cursor:
                 self._answer([], head)
                 return
@@ -246,8 +252,15 @@ class HeldPoll(httputil.HTTPMessageDelegate):
         self._task = asyncio.ensure_future(self._run(self._resume()))
 
     def _gone(self) -> None:
-        if self._feed is not None:
-            self._feed.mailbox.close("gone")
+        """The client left. Held: its mailbox closes, which wakes the request to leave.
+        Still starting (authentication or the current cursor are being looked up, which
+        may take a Redis or chatcore round trip): _start looks at `_over` after each
+        await, so a request nobody waits for is never registered, counted or held."""
+        feed = self._feed
+        if feed is not None:
+            feed.mailbox.close("gone")
+        else:
+            self._over = True
 
     async def _run(self, work: Any) -> None:
         """Run a step; whatever it raises ends the request the way Tornado would."""

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
+import pytest
+
+from gateway.transports.lean import HeldPoll
 from tests.waiting import eventually
 
 
@@ -138,3 +142,90 @@ async def test_a_poll_answers_once_when_its_timeout_passes_during_a_catch_up(pai
     status, second = await asyncio.wait_for(read_answer(reader), 10)
     assert (status, second) == (200, {"id": bob.user_id, "username": bob.username})
     writer.close()
+
+
+def lean_steps() -> list[asyncio.Task[Any]]:
+    """The held requests' short tasks (HeldPoll._run) still running."""
+    return [
+        t
+        for t in asyncio.all_tasks()
+        if getattr(t.get_coro(), "__qualname__", "") == "HeldPoll._run" and not t.done()
+    ]
+
+
+UPGRADE = (
+    "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("path", "extra", "slow"),
+    [
+        ("/api/events?cursor={cursor}&timeout=30", "", "auth"),
+        ("/api/events/jsonp?callback=cb&cursor={cursor}&timeout=30", "", "auth"),
+        ("/api/events/stream?cursor={cursor}", "", "auth"),
+        ("/api/events/stream", "", "head"),
+        ("/api/events/ws?cursor={cursor}", UPGRADE, "auth"),
+        ("/api/events/ws", UPGRADE, "head"),
+    ],
+    ids=["poll", "jsonp", "sse", "sse-no-cursor", "websocket", "websocket-no-cursor"],
+)
+async def test_a_client_that_leaves_while_its_request_starts_is_never_held(
+    pair, stack, monkeypatch, caplog, path, extra, slow
+):
+    """Gone while authentication (or the current cursor's lookup) is still out: the
+    request ends there, and is never registered, counted or held until its timeout.
+    (Streams and WebSockets also cancel their starting task when the client goes.)"""
+    _, bob = pair
+    caplog.set_level(logging.INFO, logger="tornado.access")
+    gateway = stack.gateways[0]
+    services = gateway.services
+    entered = asyncio.Event()
+    release = asyncio.Event()
+    ended: list[bool] = []  # the lookup answered, or was cancelled with its request
+
+    def stalled(lookup: Any) -> Any:
+        async def slow_lookup(*args: Any) -> Any:
+            entered.set()
+            try:
+                await release.wait()
+                return await lookup(*args)
+            finally:
+                ended.append(True)
+
+        return slow_lookup
+
+    gone: list[bool] = []
+    noticed = HeldPoll._gone
+
+    def record_gone(self: HeldPoll) -> None:
+        gone.append(True)
+        noticed(self)
+
+    monkeypatch.setattr(HeldPoll, "_gone", record_gone)
+    if slow == "auth":
+        monkeypatch.setattr(services.auth, "user", stalled(services.auth.user))
+    else:
+        monkeypatch.setattr(services.catchup, "head", stalled(services.catchup.head))
+    _, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    target = path.format(cursor=bob.cursor + 2)  # befriended
+    writer.write(
+        f"GET {target} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {bob.token}\r\n"
+        f"{extra}\r\n".encode()
+    )
+    await asyncio.wait_for(entered.wait(), 5)
+    writer.close()  # the client leaves while its request is being started
+    await writer.wait_closed()
+    # The gateway notices (Tornado reads the EOF) before the lookup answers.
+    await eventually(lambda: gone, what="the gateway noticed the client left")
+    release.set()
+    await eventually(lambda: ended and not lean_steps(), what="the start ended")
+    assert services.connections.held == 0
+    assert gateway.hub.connection_count() == 0
+    for label in ("longpoll", "jsonp", "sse", "websocket"):
+        assert services.metrics.held.labels(label)._value.get() == 0
+    assert services.metrics.pending_polls._value.get() == 0
+    if "timeout=" in path:  # a poll logs its usual line for a client that left
+        lines = [r.getMessage() for r in caplog.records if r.name == "tornado.access"]
+        assert any(line.startswith(f"200 GET {target.split('&')[0]}") for line in lines), lines
