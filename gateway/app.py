@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from contextlib import suppress
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from gateway.presence import Presence
 from gateway.shards import Shards, SingleShard, shards_for
 from gateway.transports.iframe import ForeverIframe
 from gateway.transports.jsonp import JsonpPoll
-from gateway.transports.lean import EventsApplication, HeldJsonp, HeldPoll
+from gateway.transports.lean import EventsApplication, HeldFactory, HeldJsonp, HeldPoll
 from gateway.transports.lean_stream import HeldEventStream
 from gateway.transports.longpoll import LongPoll
 from gateway.transports.multipart import MultipartStream
@@ -99,7 +100,9 @@ def subscriber_options() -> dict[str, Any]:
     return {"retry": Retry(NoBackoff(), 0), "socket_keepalive": True}
 
 
-def make_app(services: Services) -> tornado.web.Application:
+def make_app(services: Services, sockets: set[HeldSocket] | None = None) -> tornado.web.Application:
+    """The gateway's routes. Upgraded WebSockets join `sockets`, for Gateway.stop: once
+    detached from Tornado's server, nothing else can close them."""
     routes: list[tuple[str, type[tornado.web.RequestHandler]]] = [
         (r"/api/register", api.Register),
         (r"/api/login", api.Login),
@@ -138,11 +141,11 @@ def make_app(services: Services) -> tornado.web.Application:
     # Held GET polls, SSE streams and WebSockets skip the RequestHandler
     # (gateway.transports.lean, lean_stream, websocket): most of their life is idle,
     # and a handler's per-request state doubles what an idle one costs.
-    lean: dict[str, type[HeldPoll]] = {
+    lean: dict[str, HeldFactory] = {
         "/api/events": HeldPoll,
         "/api/events/jsonp": HeldJsonp,
         "/api/events/stream": HeldEventStream,
-        "/api/events/ws": HeldSocket,
+        "/api/events/ws": partial(HeldSocket, sockets=sockets),
     }
     return EventsApplication(
         services,
@@ -198,6 +201,8 @@ class Gateway:
                 settings.max_connections,
             ),
         )
+        # Upgraded WebSockets still open: stop() closes them (see make_app).
+        self.sockets: set[HeldSocket] = set()
         self.server: HTTPServer | None = None
         self.port: int | None = None
         self._redis_watch: asyncio.Task[None] | None = None
@@ -213,7 +218,7 @@ class Gateway:
         # xheaders: behind nginx/haproxy the client's address and scheme come from
         # X-Forwarded-For / X-Forwarded-Proto (deploy/ sets them).
         self.server = HTTPServer(
-            make_app(self.services),
+            make_app(self.services, self.sockets),
             xheaders=True,
             idle_connection_timeout=3600,
             max_body_size=DRAIN_LIMIT,
@@ -233,7 +238,9 @@ class Gateway:
         Readiness turns false at once and no connection is accepted; every held request
         is told to end now (long-polls answer with their cursor, streams close with a
         jittered retry hint, WebSockets with 1012), so clients resume on other gateways.
-        Whatever is still open after LONGTAIL_DRAIN_SECONDS is cut.
+        Whatever is still open after LONGTAIL_DRAIN_SECONDS is cut. WebSockets are cut
+        as soon as none is held: their close frame is out, and one whose client does
+        not answer it would otherwise stay open for CLOSE_WAIT, past this stop().
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.drain_seconds
@@ -248,6 +255,9 @@ class Gateway:
             await asyncio.sleep(0.02)
         left = self.hub.connection_count()
         log.info("drained %d held connection(s), %d cut", held - left, left)
+        # Detached from the server when they upgraded: close_all_connections cannot.
+        for held_socket in list(self.sockets):
+            held_socket.cut()
         if self.server is not None:
             with suppress(TimeoutError):
                 await asyncio.wait_for(

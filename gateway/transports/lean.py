@@ -24,6 +24,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
 import tornado.web
@@ -57,6 +58,8 @@ ETAGS = re.compile(rb'\*|(?:W/)?"[^"]*"')
 
 
 Query = dict[str, list[bytes]]
+# What EventsApplication makes a held request with: a HeldPoll class, or a partial of one.
+HeldFactory = Callable[[Services, HTTP1Connection], "HeldPoll"]
 
 
 def query_argument(query: Query, name: str) -> str | None:
@@ -462,7 +465,7 @@ class EventsApplication(tornado.web.Application):
     """The gateway's Application: GETs on the poll paths take the lean path."""
 
     def __init__(
-        self, services: Services, lean: dict[str, type[HeldPoll]], *args: Any, **kwargs: Any
+        self, services: Services, lean: dict[str, HeldFactory], *args: Any, **kwargs: Any
     ) -> None:
         super().__init__(*args, **kwargs)
         self._services = services

@@ -103,13 +103,19 @@ class HeldSocket(HeldStream):
         "_message_text",
         "_outgoing",
         "_sender",
+        "_sockets",
         "_stream",
         "_user",
     )
     transport = "websocket"
 
-    def __init__(self, services: Services, conn: HTTP1Connection) -> None:
+    def __init__(
+        self, services: Services, conn: HTTP1Connection, sockets: set[HeldSocket] | None = None
+    ) -> None:
         super().__init__(services, conn)
+        # The gateway's upgraded sockets (Gateway.stop closes those still open): once
+        # detached, Tornado's server no longer knows the connection.
+        self._sockets = sockets
         self._key = ""  # Sec-WebSocket-Key until the upgrade
         self._user: User | None = None
         self._stream: IOStream | None = None  # once upgraded
@@ -172,6 +178,8 @@ class HeldSocket(HeldStream):
         if self._request_id:
             lines.append(f"{REQUEST_ID_HEADER}: {self._request_id}")
         self._stream = stream = self._conn.detach()
+        if self._sockets is not None:
+            self._sockets.add(self)  # until its close callback, _gone
         stream.max_write_buffer_size = MAX_WRITE_BUFFER
         # Small frames, often two in a row (an event, then a send's answer): with Nagle's
         # algorithm on, the second waits for the client's delayed ACK (~40 ms).
@@ -233,6 +241,16 @@ class HeldSocket(HeldStream):
             self._stream.close()  # its close callback is _gone
         else:
             super()._drop()
+
+    def _gone(self) -> None:
+        if self._sockets is not None:
+            self._sockets.discard(self)
+        super()._gone()
+
+    def cut(self) -> None:
+        """Close the connection now, whatever it is doing (waiting for the client's
+        answer to our close frame...): the gateway is stopping."""
+        self._drop()
 
     # -- how it ends ---------------------------------------------------------------------
 

@@ -280,3 +280,25 @@ async def test_a_cursor_ahead_closes_with_4400_after_the_upgrade(pair, stack, ht
         msg = await ws.receive(timeout=DEADLINE)
         assert msg.type == aiohttp.WSMsgType.CLOSE
         assert ws.close_code == 4400 and msg.extra == "cursor_ahead"
+
+
+async def test_stop_closes_a_socket_whose_client_never_answers_our_close(pair, stack):
+    """A WebSocket leaves Tornado's server when it upgrades (detach): the server's
+    close_all_connections does not see it. stop() closes it itself, at once, rather
+    than leaving it to CLOSE_WAIT (or the process's exit) when the client never
+    answers the drain's close frame."""
+    _, bob = pair
+    gateway = stack.gateways[0]
+    sock = await open_raw(stack.urls[0], bob.token)
+    try:
+        await eventually(lambda: gateway.hub.connection_count() == 1)
+        await asyncio.wait_for(gateway.stop(), gateway.settings.drain_seconds + 2)
+        stack.gateways.remove(gateway)  # already stopped
+        closing = await sock.until(0x8)  # which the client never answers
+        assert struct.unpack("!H", closing[:2])[0] == 1012
+        async with asyncio.timeout(websocket.CLOSE_WAIT / 2):
+            while await sock.reader.read(4096):
+                pass
+        await eventually(lambda: not gateway.sockets, what="the registry forgot it")
+    finally:
+        await sock.drop()
