@@ -103,6 +103,11 @@ class GatewayHandler(JsonHandler):
         if isinstance(value, ApiError):
             super().log_exception(typ, value, tb)
             return
+        if isinstance(value, tornado.web.HTTPError):
+            # Tornado's refusals (a method the path does not take): the client's mistake,
+            # answered in our JSON shape; no traceback, and the path without its query.
+            log.info("%s %s -> %d", self.request.method, self.request.path, value.status_code)
+            return
         # Tornado's own line would include the URI, and with it a ?token=.
         log.error(
             "Uncaught exception %s %s",

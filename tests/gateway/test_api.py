@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 
 import aiohttp
@@ -297,12 +298,15 @@ async def test_wrong_password_is_401(new_client):
     assert resp.status == 401 and resp.error_code == "invalid_credentials"
 
 
-async def test_unknown_path_and_method_are_json_errors(pair):
+async def test_unknown_path_and_method_are_json_errors(pair, caplog):
     alice, _ = pair
     resp = await alice.request("GET", "/api/nothing-here")
     assert resp.status == 404 and resp.error_code == "not_found"
-    resp = await alice.request("PUT", "/api/messages", {})
+    with caplog.at_level(logging.INFO):
+        resp = await alice.request("PUT", "/api/messages", {})
     assert resp.status == 405 and resp.error_code == "method_not_allowed"
+    # The client's mistake: logged, but not as an error with a traceback.
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
 
 
 async def test_health_and_readiness(http, stack):
