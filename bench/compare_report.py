@@ -37,12 +37,14 @@ async def describe(redis_url: str, database_url: str) -> dict[str, Any]:
         redis_version = "a server without INFO (fakeredis)"
     finally:
         await redis.aclose()
+    commit_ms = None
     if database_url.startswith("sqlite"):
         database = f"SQLite {sqlite3.sqlite_version}"
     else:
         connection = await asyncpg.connect(admin_dsn(database_url), timeout=10)
         try:
             database = "PostgreSQL " + str(await connection.fetchval("SHOW server_version"))
+            commit_ms = await machine.commit_floor_ms(connection)
         finally:
             await connection.close()
     return {
@@ -53,6 +55,7 @@ async def describe(redis_url: str, database_url: str) -> dict[str, Any]:
         "python": platform.python_version(),
         "redis": redis_version,
         "database": database,
+        "commit_floor_p50_ms": commit_ms,
         "tornado": version("tornado"),
         "aiohttp": version("aiohttp"),
         "python_socketio": version("python-socketio"),
@@ -225,6 +228,14 @@ def table(results: dict[str, Any]) -> str:
         f"machine: {m['cpu_model']}, {m['nproc']} CPUs, {m['memory_mib']} MiB; Linux "
         f"{m['kernel']}; Python {m['python']}; Redis {m['redis']}; {m['database']}; "
         f"python-socketio {m['python_socketio']}",
+        *(
+            [
+                f"a durable PostgreSQL commit alone (bench.machine.commit_floor_ms): p50 "
+                f"{m['commit_floor_p50_ms']} ms"
+            ]
+            if m.get("commit_floor_p50_ms") is not None
+            else []
+        ),
         f"load average before/after: {results['load_average_before']} / "
         f"{results['load_average_after']}",
         f"held up to {c['held_max']} ({c['held_conns_per_user']} per user); latency "

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 import subprocess
+import time
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,26 @@ async def postgres_version() -> str:
         return str(await connection.fetchval("SHOW server_version"))
     finally:
         await connection.close()
+
+
+# Enough commits for a steady median, few enough to take well under a second.
+COMMIT_PROBES = 200
+
+
+async def commit_floor_ms(connection: asyncpg.Connection) -> float:
+    """p50 ms of the cheapest durable transaction: BEGIN, take a transaction id, COMMIT.
+
+    Taking an id makes the COMMIT write and flush a WAL record, as a send's does, so this
+    is the floor under any send's commit on this machine: three round trips to the
+    server and its fsync, one client, nothing else of ours in the way.
+    """
+    times: list[float] = []
+    for _ in range(COMMIT_PROBES):
+        started = time.perf_counter()
+        async with connection.transaction():
+            await connection.fetchval("SELECT txid_current()")
+        times.append((time.perf_counter() - started) * 1000)
+    return round(statistics.median(times), 3)
 
 
 def revision() -> str:
