@@ -9,7 +9,8 @@ prefix. The driver talks to chatcore's internal API as a gateway does, and measu
 1. **Saturation**: N sends with C in flight (each worker owns its own sender/receiver
    pairs, so a pair never races itself): sends/s, chatcore CPU ms per send (process CPU
    time / sends, the stable figure on a small shared machine), PostgreSQL CPU ms per
-   send, and SQL statements, BEGINs and COMMITs per send.
+   send, and SQL statements, BEGINs, COMMITs and statements prepared (a round trip
+   and a parse and plan in PostgreSQL each) per send.
 2. **Fixed rate**: R sends/s for S seconds, open loop: the internal send call's p50/p99.
 
 `--compare DIR` runs the same phases first against another checkout of the code (for
@@ -76,6 +77,17 @@ def serve(port: int, stats_path: str) -> None:
             counts["statements"] += 1
             counts[args[2].lstrip().split(None, 1)[0].upper()] += 1
 
+        if core.db.engine.dialect.name == "postgresql":
+            import asyncpg
+
+            prepare = asyncpg.Connection.prepare
+
+            async def _prepare(self: asyncpg.Connection, *args: Any, **kwargs: Any) -> Any:
+                counts["prepares"] += 1
+                return await prepare(self, *args, **kwargs)
+
+            asyncpg.Connection.prepare = _prepare  # type: ignore[method-assign]
+
         @event.listens_for(engine, "begin")
         def _begin(_conn: Any) -> None:
             counts["begins"] += 1
@@ -132,6 +144,7 @@ class Phase:
             "redis_cpu_ms": round(self.redis_cpu * 1000 / n, 3),
             "statements": round(self.counts["statements"] / n, 2),
             "begins": round(self.counts["begins"] / n, 3),
+            "prepares": round(self.counts["prepares"] / n, 3),
             "commits": round(self.counts["commits"] / n, 3),
             "by_verb": {
                 k: round(v / n, 2)
@@ -466,6 +479,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         ("redis CPU ms/send (sat.)", "saturation", "redis_cpu_ms"),
         ("SQL statements/send", "saturation", "statements"),
         ("BEGINs/send", "saturation", "begins"),
+        ("statements prepared/send", "saturation", "prepares"),
         ("COMMITs/send", "saturation", "commits"),
         ("send call p50 ms (sat.)", "saturation", "p50_ms"),
         ("errors (sat.)", "saturation", "errors"),

@@ -13,7 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, case, insert, select, update
+from sqlalchemy import Table, bindparam, case, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from chatcore.models import Event as EventRow
@@ -82,6 +82,18 @@ async def append_rows(
                     "created_at": now,
                 }
             )
+    if conn.dialect.name == "postgresql":
+        await conn.execute(
+            APPEND_PG,
+            {
+                "user_ids": [r["user_id"] for r in rows],
+                "seqs": [r["seq"] for r in rows],
+                "types": [r["type"] for r in rows],
+                "payloads": [r["payload"] for r in rows],
+                "now": now,
+            },
+        )
+        return deliveries
     await conn.execute(INSERT_EVENTS, rows)
     await conn.execute(
         INSERT_OUTBOX,
@@ -104,6 +116,12 @@ async def reserve_seqs(conn: AsyncConnection, counts: dict[int, int]) -> dict[in
     clause there): BEGIN IMMEDIATE already serializes its writers.
     """
     ids = sorted(counts)
+    if conn.dialect.name == "postgresql":
+        rows = await conn.execute(RESERVE_PG, {"ids": ids, "steps": [counts[u] for u in ids]})
+        new = {user_id: last_seq for user_id, last_seq in rows}
+        if len(new) != len(ids):
+            raise ApiError(404, "user_not_found", "No such user.")
+        return new
     steps = set(counts.values())
     if len(steps) == 1:
         # The usual case (one event each), with a statement built once.
@@ -136,6 +154,27 @@ def _reserve(step: Any) -> Any:
 RESERVE_SAME = _reserve(bindparam("step"))
 INSERT_EVENTS = insert(EVENTS)
 INSERT_OUTBOX = insert(OUTBOX)
+
+# PostgreSQL's versions take arrays, so each is one statement text whatever the batch
+# (an IN list or a VALUES list of N rows is a new statement for every N, which each
+# pooled connection prepared again and again: its cache holds 100). The same row locks
+# in id order as _reserve, for any mix of counts; the events and their outbox rows in
+# one statement.
+RESERVE_PG = text(
+    "UPDATE users SET last_seq = users.last_seq + locked.step"
+    " FROM (SELECT u.id, wanted.step FROM users AS u"
+    " JOIN unnest(CAST(:ids AS bigint[]), CAST(:steps AS bigint[])) AS wanted(id, step)"
+    " ON wanted.id = u.id ORDER BY u.id FOR NO KEY UPDATE OF u) AS locked"
+    " WHERE users.id = locked.id RETURNING users.id, users.last_seq"
+)
+APPEND_PG = text(
+    "WITH new AS (SELECT * FROM unnest(CAST(:user_ids AS bigint[]), CAST(:seqs AS bigint[]),"
+    " CAST(:types AS varchar[]), CAST(:payloads AS text[])) AS e(user_id, seq, type, payload)),"
+    " stored AS (INSERT INTO events (user_id, seq, type, payload, created_at)"
+    " SELECT user_id, seq, type, payload, CAST(:now AS timestamptz) FROM new)"
+    " INSERT INTO outbox (user_id, seq, created_at)"
+    " SELECT user_id, seq, CAST(:now AS timestamptz) FROM new"
+)
 
 
 async def head(tx: AsyncSession, user_id: int) -> int:

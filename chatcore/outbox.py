@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline
 from redis.exceptions import RedisError
-from sqlalchemy import Table, bindparam, delete, select, tuple_
+from sqlalchemy import Table, bindparam, delete, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chatcore.db import Database
@@ -89,14 +89,27 @@ async def forget(tx: AsyncSession, rows: list[tuple[int, int]]) -> None:
     On the session's connection, in Core: through the session, the ORM's bulk-delete
     machinery took a twentieth of chatcore's CPU in the send path's profile.
     """
-    if rows:
-        await (await tx.connection()).execute(FORGET, {"rows": rows})
+    if not rows:
+        return
+    conn = await tx.connection()
+    if conn.dialect.name == "postgresql":
+        user_ids, seqs = zip(*rows, strict=True)
+        await conn.execute(FORGET_PG, {"user_ids": list(user_ids), "seqs": list(seqs)})
+    else:
+        await conn.execute(FORGET, {"rows": rows})
 
 
 OUTBOX = cast(Table, Outbox.__table__)
 # Built once: building the expression cost more than running it (profile of the send path).
 FORGET = delete(OUTBOX).where(
     tuple_(OUTBOX.c.user_id, OUTBOX.c.seq).in_(bindparam("rows", expanding=True))
+)
+# On PostgreSQL, arrays: one statement text whatever the count, so each connection
+# prepares it once (an IN list of N rows is a new statement for every N).
+FORGET_PG = text(
+    "DELETE FROM outbox USING unnest(CAST(:user_ids AS bigint[]), CAST(:seqs AS bigint[]))"
+    " AS published(user_id, seq)"
+    " WHERE outbox.user_id = published.user_id AND outbox.seq = published.seq"
 )
 
 

@@ -24,7 +24,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Select, String, Table, bindparam, case, select, tuple_, update
+from sqlalchemy import (
+    BigInteger,
+    Select,
+    String,
+    Table,
+    any_,
+    bindparam,
+    case,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -171,35 +183,55 @@ async def destinations(
     return result, members
 
 
-def _direct_query() -> Select[Any]:
+def _direct_query(postgres: bool) -> Select[Any]:
     f, c, m, u = FRIENDSHIPS.c, CONVERSATIONS.c, MEMBERS.c, USERS.c
     key = sql_cast(f.user_low, String) + ":" + sql_cast(f.user_high, String)
+    if postgres:
+        # Each side against its array; the join on the key pairs them up exactly.
+        wanted = [
+            f.user_low == any_(bindparam("lows", type_=BIG_IDS)),
+            f.user_high == any_(bindparam("highs", type_=BIG_IDS)),
+            c.direct_key == any_(bindparam("keys", type_=KEYS)),
+        ]
+    else:
+        wanted = [
+            tuple_(f.user_low, f.user_high).in_(bindparam("pairs", expanding=True)),
+            c.direct_key.in_(bindparam("keys", expanding=True)),
+        ]
     return (
         select(f.user_low, f.user_high, c.id, m.user_id, u.username)
         .join_from(FRIENDSHIPS, CONVERSATIONS, c.direct_key == key)
         .join(MEMBERS, m.conversation_id == c.id)
         .join(USERS, u.id == m.user_id)
-        .where(
-            f.status == friends.ACCEPTED,
-            tuple_(f.user_low, f.user_high).in_(bindparam("pairs", expanding=True)),
-            c.direct_key.in_(bindparam("keys", expanding=True)),
-        )
+        .where(f.status == friends.ACCEPTED, *wanted)
     )
 
 
-def _members_query() -> Select[Any]:
+def _members_query(postgres: bool) -> Select[Any]:
     m, u = MEMBERS.c, USERS.c
+    wanted = (
+        m.conversation_id == any_(bindparam("ids", type_=BIG_IDS))
+        if postgres
+        else m.conversation_id.in_(bindparam("ids", expanding=True))
+    )
     return (
         select(m.conversation_id, m.user_id, u.username)
         .join_from(MEMBERS, USERS, u.id == m.user_id)
-        .where(m.conversation_id.in_(bindparam("ids", expanding=True)))
+        .where(wanted)
     )
 
 
+# On PostgreSQL a batch's ids go as arrays: one statement text whatever the batch size,
+# prepared once per pooled connection (an IN list of N is a new statement for every N,
+# and the connections kept preparing them again: their caches hold 100).
+BIG_IDS = postgresql.ARRAY(BigInteger)
+KEYS = postgresql.ARRAY(String)
+
 # The hot statements are built once: building an expression costs more Python than
-# executing its cached compiled form (the profile of a lone send showed it).
-DIRECT_QUERY = _direct_query()
-MEMBERS_QUERY = _members_query()
+# executing its cached compiled form (the profile of a lone send showed it). Keyed by
+# "is it PostgreSQL" (else SQLite).
+DIRECT_QUERY = {True: _direct_query(True), False: _direct_query(False)}
+MEMBERS_QUERY = {True: _members_query(True), False: _members_query(False)}
 
 
 async def direct_conversations(
@@ -214,7 +246,12 @@ async def direct_conversations(
     if not pairs:
         return {}, {}
     keys = sorted(f"{low}:{high}" for low, high in pairs)
-    rows = await conn.execute(DIRECT_QUERY, {"pairs": sorted(pairs), "keys": keys})
+    if conn.dialect.name == "postgresql":
+        lows, highs = zip(*sorted(pairs), strict=True)
+        params = {"lows": list(lows), "highs": list(highs), "keys": keys}
+        rows = await conn.execute(DIRECT_QUERY[True], params)
+    else:
+        rows = await conn.execute(DIRECT_QUERY[False], {"pairs": sorted(pairs), "keys": keys})
     direct: dict[tuple[int, int], int] = {}
     members: Members = {}
     for low, high, conversation_id, user_id, username in rows:
@@ -227,23 +264,30 @@ async def conversation_members(conn: AsyncConnection, conversation_ids: set[int]
     """Members (with usernames) of every one of these conversations, in one statement."""
     if not conversation_ids:
         return {}
-    rows = await conn.execute(MEMBERS_QUERY, {"ids": sorted(conversation_ids)})
+    query = MEMBERS_QUERY[conn.dialect.name == "postgresql"]
+    rows = await conn.execute(query, {"ids": sorted(conversation_ids)})
     result: Members = {}
     for conversation_id, user_id, username in rows:
         result.setdefault(conversation_id, {})[user_id] = username
     return result
 
 
-def _insert_message(dialect: Any) -> Any:
-    return (
-        dialect.insert(MESSAGES)
-        .on_conflict_do_nothing(index_elements=["sender_id", "client_id"])
-        .returning(MESSAGES.c.id, MESSAGES.c.sender_id, MESSAGES.c.client_id)
-    )
-
-
-# ON CONFLICT is dialect syntax: keyed by "is it PostgreSQL" (else SQLite).
-INSERT_MESSAGE = {True: _insert_message(postgresql), False: _insert_message(sqlite)}
+# ON CONFLICT is dialect syntax. SQLite's statement takes a list of rows; PostgreSQL's
+# takes the batch as arrays, one statement text for any batch (see BIG_IDS).
+INSERT_MESSAGE_SQLITE = (
+    sqlite.insert(MESSAGES)
+    .on_conflict_do_nothing(index_elements=["sender_id", "client_id"])
+    .returning(MESSAGES.c.id, MESSAGES.c.sender_id, MESSAGES.c.client_id)
+)
+INSERT_MESSAGES_PG = text(
+    "INSERT INTO messages (conversation_id, sender_id, client_id, body, created_at)"
+    " SELECT conversation_id, sender_id, client_id, body, CAST(:now AS timestamptz)"
+    " FROM unnest(CAST(:conversation_ids AS bigint[]), CAST(:sender_ids AS bigint[]),"
+    " CAST(:client_ids AS varchar[]), CAST(:bodies AS text[]))"
+    " AS m(conversation_id, sender_id, client_id, body)"
+    " ON CONFLICT (sender_id, client_id) DO NOTHING"
+    " RETURNING id, sender_id, client_id"
+)
 
 
 async def insert_messages(
@@ -256,7 +300,19 @@ async def insert_messages(
     """
     if not rows:
         return {}
-    stmt = INSERT_MESSAGE[conn.dialect.name == "postgresql"]
+    if conn.dialect.name == "postgresql":
+        result = await conn.execute(
+            INSERT_MESSAGES_PG,
+            {
+                "conversation_ids": [target for _, target, _ in rows],
+                "sender_ids": [r.sender_id for r, _, _ in rows],
+                "client_ids": [r.client_id for r, _, _ in rows],
+                "bodies": [r.text for r, _, _ in rows],
+                "now": rows[0][2],
+            },
+        )
+        return {(sender, client): message_id for message_id, sender, client in result}
+    stmt = INSERT_MESSAGE_SQLITE
     values = [
         {
             "conversation_id": target,

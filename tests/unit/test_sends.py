@@ -85,6 +85,27 @@ async def test_concurrent_sends_share_one_transaction(chat):
         assert received == [f"hi {k}" for k in range(5)], "each pair's order is kept"
 
 
+async def test_a_batch_giving_users_different_numbers_of_events_keeps_seqs_gap_free(chat):
+    # One transaction where b gets three events, a two, c one: each user's seqs still
+    # advance by exactly their own count (the reservation takes a count per user).
+    a, b, c = await users(chat, "ma_user", "mb_user", "mc_user")
+    await befriend(chat, a, b, "ma_user", "mb_user")
+    await befriend(chat, c, b, "mc_user", "mb_user")
+    heads = {u: (await chat.events(u, 0))[1] for u in (a, b, c)}
+    counter = commits(chat.db)
+    await asyncio.gather(
+        chat.send(a, {"to": b, "body": "a1", "client_id": "a1"}),
+        chat.send(a, {"to": b, "body": "a2", "client_id": "a2"}),
+        chat.send(c, {"to": b, "body": "c1", "client_id": "c1"}),
+    )
+    assert counter[0] == 1, "the three sends shared one transaction"
+    for u, added in ((a, 2), (b, 3), (c, 1)):
+        events = await payloads(chat, u)  # asserts gap-free and in order
+        assert len(events) == heads[u] + added
+    received = [p["message"]["body"] for p in await payloads(chat, b) if p["type"] == "message"]
+    assert received == ["a1", "a2", "c1"]
+
+
 async def test_one_bad_send_does_not_fail_its_batch(chat):
     a, b, c = await users(chat, "ba_user", "bb_user", "bc_user")
     await befriend(chat, a, b, "ba_user", "bb_user")
