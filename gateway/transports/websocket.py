@@ -178,8 +178,9 @@ class HeldSocket(HeldStream):
         if self._request_id:
             lines.append(f"{REQUEST_ID_HEADER}: {self._request_id}")
         self._stream = stream = self._conn.detach()
-        if self._sockets is not None:
-            self._sockets.add(self)  # until its close callback, _gone
+        if self._sockets is not None and not stream.closed():
+            # Until its close callback, _gone (which a stream closed already never runs).
+            self._sockets.add(self)
         stream.max_write_buffer_size = MAX_WRITE_BUFFER
         # Small frames, often two in a row (an event, then a send's answer): with Nagle's
         # algorithm on, the second waits for the client's delayed ACK (~40 ms).
