@@ -156,10 +156,9 @@ INSERT_EVENTS = insert(EVENTS)
 INSERT_OUTBOX = insert(OUTBOX)
 
 # PostgreSQL's versions take arrays, so each is one statement text whatever the batch
-# (an IN list or a VALUES list of N rows is a new statement for every N, which each
-# pooled connection prepared again and again: its cache holds 100). The same row locks
-# in id order as _reserve, for any mix of counts; the events and their outbox rows in
-# one statement.
+# (an IN list or a VALUES list of N rows is a new statement for every N, prepared again
+# on each pooled connection, whose cache holds 100). The same row locks in id order as
+# _reserve, for any mix of counts; the events and their outbox rows in one statement.
 RESERVE_PG = text(
     "UPDATE users SET last_seq = users.last_seq + locked.step"
     " FROM (SELECT u.id, wanted.step FROM users AS u"

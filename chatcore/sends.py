@@ -223,7 +223,8 @@ def _members_query(postgres: bool) -> Select[Any]:
 
 # On PostgreSQL a batch's ids go as arrays: one statement text whatever the batch size,
 # prepared once per pooled connection (an IN list of N is a new statement for every N,
-# and the connections kept preparing them again: their caches hold 100).
+# prepared again on each connection, whose cache holds 100), and parameters the driver
+# passes whole instead of one bind per value.
 BIG_IDS = postgresql.ARRAY(BigInteger)
 KEYS = postgresql.ARRAY(String)
 
