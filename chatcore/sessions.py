@@ -1,8 +1,9 @@
 """Login sessions: opaque random tokens, stored hashed, cached in Redis for the gateways.
 
-Gateways read the cache on every request and never write it; chatcore writes it at
-login, on a cache miss it has verified, and deletes it at logout, so a logout takes
-effect on every gateway at once.
+Gateways read the cache and never write it; chatcore writes it at login, on a cache miss
+it has verified, and deletes it at logout, then announces the logout on the user's
+channel, so a logout takes effect on every gateway at once (including a gateway that
+kept the session in its own process while it hears that channel).
 """
 
 from __future__ import annotations
@@ -82,11 +83,11 @@ class Sessions:
         # fail the logout, or the token would keep working on the gateways.
         await self._redis.delete(self._keys.session(digest))
         if user_id is not None:
-            # Connections this session holds open end now, on every gateway.
-            try:
-                await self._redis.spublish(self._keys.channel(user_id), revoked_message(digest))
-            except RedisError as exc:
-                log.warning("could not announce a logout (streams end at their max age): %s", exc)
+            # Connections this session holds open end now, on every gateway, and so does
+            # what a gateway kept of the session in its process (gateway.session_cache):
+            # a failure fails the logout too (the transaction rolls back; the client may
+            # log out again).
+            await self._redis.spublish(self._keys.channel(user_id), revoked_message(digest))
 
     async def _cache(self, digest: str, user_id: int, username: str, ttl: int) -> None:
         if ttl <= 0:

@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import func, select
 
 from chatcore.app import redis_options
@@ -192,3 +193,25 @@ async def test_unfriending_stops_messages_and_refriending_reuses_the_conversatio
     assert again["conversation_id"] == first["conversation_id"]
     history = await chat.history(b, first["conversation_id"], None, None)
     assert [m["body"] for m in history["messages"]] == ["1", "3"]
+
+
+async def test_a_logout_that_cannot_be_announced_fails_whole_and_can_be_retried(chat, monkeypatch):
+    """Gateways may keep a session in their process while they hear the user's channel:
+    a logout they are not told of must not count as done."""
+    await user(chat, "lo_user")
+    token = (await chat.login({"username": "lo_user", "password": "password1"}))["token"]
+
+    async def unreachable(*_args: object) -> int:
+        raise RedisConnectionError("redis went away")
+
+    redis = chat.sessions._redis
+    monkeypatch.setattr(redis, "spublish", unreachable)
+    with pytest.raises(RedisConnectionError):
+        await chat.logout(token)
+    assert (await chat.verify(token))["id"], "the session is still valid: nothing half-done"
+
+    monkeypatch.undo()
+    await chat.logout(token)
+    with pytest.raises(ApiError) as refused:
+        await chat.verify(token)
+    assert refused.value.status == 401
