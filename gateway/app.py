@@ -26,6 +26,7 @@ from gateway.hub import Hub
 from gateway.limits import ConnectionLimits, RateLimiter
 from gateway.metrics import GatewayMetrics
 from gateway.presence import Presence
+from gateway.session_cache import SessionCache
 from gateway.shards import Shards, SingleShard, shards_for
 from gateway.transports.iframe import ForeverIframe
 from gateway.transports.jsonp import JsonpPoll
@@ -185,13 +186,14 @@ class Gateway:
         )
         self.catchup = Catchup(self.redis, keys, self.chatcore)
         self.presence = Presence(self.redis, keys, self.hub, self.chatcore)
-        self.metrics.watch(self.hub, self.catchup)
+        sessions = SessionCache(self.hub)
+        self.metrics.watch(self.hub, self.catchup, sessions)
         self.services = Services(
             settings,
             self.hub,
             self.catchup,
             self.chatcore,
-            Authenticator(self.redis, keys, self.chatcore),
+            Authenticator(self.redis, keys, self.chatcore, sessions),
             self.presence,
             self.metrics,
             RateLimiter(self.redis, keys),

@@ -2,6 +2,9 @@
 
 The token is looked up in the Redis session cache (chatcore writes it at login and
 deletes it at logout, so a logout holds on every gateway); on a miss chatcore decides.
+What Redis said is kept in the process while this gateway would hear the logout
+(gateway.session_cache), so a client polling here costs a lookup every few seconds, not
+one per request.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from redis.exceptions import RedisError
 from tornado.httputil import HTTPServerRequest
 
 from gateway.chatcore_client import ChatcoreClient
+from gateway.session_cache import SessionCache
 from longtail.errors import ApiError
 from longtail.wire import Keys
 
@@ -42,26 +46,39 @@ def request_token(request: HTTPServerRequest) -> str | None:
 
 
 class Authenticator:
-    def __init__(self, redis: Redis, keys: Keys, chatcore: ChatcoreClient) -> None:
+    def __init__(
+        self, redis: Redis, keys: Keys, chatcore: ChatcoreClient, sessions: SessionCache
+    ) -> None:
         self._redis = redis
         self._keys = keys
         self._chatcore = chatcore
+        self.sessions = sessions
 
     async def user(self, token: str | None) -> User:
         """The token's user, or a 401."""
         if not token:
             raise ApiError(401, "unauthorized", "Log in first: no session token was sent.")
         digest = hashlib.sha256(token.encode()).hexdigest()
+        user = self.sessions.get(digest)
+        if user is not None:
+            return user
+        mark = self.sessions.mark()
+        key = self._keys.session(digest)
         try:
-            cached = await self._redis.get(self._keys.session(digest))
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.get(key)
+            pipe.pttl(key)
+            cached, remaining_ms = await pipe.execute()
         except RedisError as exc:
             log.warning("session cache unavailable, asking chatcore: %s", exc)
             cached = None
-        data = (
-            json.loads(cached)
-            if cached
-            else await self._chatcore.call(
+        if not cached:
+            data = await self._chatcore.call(
                 "POST", "/internal/sessions/verify", body={"token": token}
             )
-        )
-        return User(int(data["id"]), str(data["username"]), digest)
+            return User(int(data["id"]), str(data["username"]), digest)
+        data = json.loads(cached)
+        user = User(int(data["id"]), str(data["username"]), digest)
+        if remaining_ms > 0:  # chatcore always sets an expiry; none or gone: keep nothing
+            self.sessions.keep(user, mark, remaining_ms / 1000)
+        return user

@@ -68,10 +68,11 @@ class Channel:
         self.name = name
         # None, one Mailbox, or a set of them once a second connection arrives.
         self._members: Mailbox | set[Mailbox] | None = None
-        # True once the shard confirmed the subscription; False again after a
-        # reconnect or a slot move, until the new confirmation (which triggers a
-        # catch-up).
-        self.confirmed = False
+        # Non-zero once the shard confirmed the subscription: the hub's running count
+        # of confirmations at that moment (Hub.confirmations), so a later reader can
+        # tell this confirmation from the next. 0 again after a reconnect, a slot move
+        # or the drop, until the new confirmation (which triggers a catch-up).
+        self.confirmed = 0
         # Created by the first `Hub.subscribed` call that has to wait; settled and
         # dropped at the confirmation.
         self.waiter: asyncio.Future[None] | None = None
@@ -146,6 +147,11 @@ class Hub:
         # last one has been gone for the grace period (presence hooks onto these).
         self.on_arrive = on_arrive
         self.on_leave = on_leave
+        # Called with a session's hash when its logout is heard (the session cache).
+        self.on_revoked: Callable[[str], None] | None = None
+        # Running counts, only ever growing: subscriptions confirmed, logouts heard.
+        self.confirmations = 0
+        self.revocations = 0
         self._shards = shards
         self._keys = keys
         self._grace = unsubscribe_grace
@@ -279,6 +285,10 @@ class Hub:
     def channel_count(self) -> int:
         return len(self._channels)
 
+    def channel(self, user_id: int) -> Channel | None:
+        """The user's channel on this gateway, while it is joined or lingering."""
+        return self._channels.get(self._keys.channel(user_id).encode())
+
     def mailboxes(self, user_id: int) -> tuple[Mailbox, ...]:
         """The user's connections held here now."""
         channel = self._channels.get(self._keys.channel(user_id).encode())
@@ -297,6 +307,7 @@ class Hub:
         if len(channel):
             return
         name = channel.name
+        channel.confirmed = 0  # unsubscribed: whoever kept this handle hears no more
         del self._channels[name]
         self._unplaced.discard(name)
         self._unplace(name, channel)
@@ -455,7 +466,7 @@ class Hub:
 
     def _reset(self, channel: Channel) -> None:
         """The channel's next confirmation must trigger a catch-up."""
-        channel.confirmed = False
+        channel.confirmed = 0
 
     async def _close_pubsub(self, shard: _Shard) -> None:
         pubsub, shard.pubsub = shard.pubsub, None
@@ -487,7 +498,8 @@ class Hub:
         elif kind == "ssubscribe":
             channel = self._channels.get(name)
             if channel is not None and channel.shard is shard and not channel.confirmed:
-                channel.confirmed = True
+                self.confirmations += 1
+                channel.confirmed = self.confirmations
                 waiter, channel.waiter = channel.waiter, None
                 if waiter is not None and not waiter.done():
                     waiter.set_result(None)
@@ -511,6 +523,9 @@ class Hub:
     def _deliver(self, channel: Channel, data: bytes) -> None:
         if data.startswith(REVOKED):
             session = data[len(REVOKED) :].decode()
+            self.revocations += 1
+            if self.on_revoked is not None:
+                self.on_revoked(session)
             for mailbox in channel.mailboxes:
                 if mailbox.session == session:
                     mailbox.close("logged_out")

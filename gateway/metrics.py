@@ -19,6 +19,7 @@ from longtail.wire import Event
 if TYPE_CHECKING:
     from gateway.catchup import Catchup
     from gateway.hub import Hub
+    from gateway.session_cache import SessionCache
 
 # Delivery latencies on loopback are around a millisecond; across a network tens.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
@@ -75,8 +76,8 @@ class GatewayMetrics:
             "longtail_pending_long_polls", "Long-polls (plain and JSONP) waiting now.", registry=r
         )
 
-    def watch(self, hub: Hub, catchup: Catchup) -> None:
-        self.registry.register(_HubCollector(hub, catchup))
+    def watch(self, hub: Hub, catchup: Catchup, sessions: SessionCache) -> None:
+        self.registry.register(_HubCollector(hub, catchup, sessions))
 
     def wrote(self, transport: str, events: list[Event]) -> None:
         """Count events written to a client and how long they took from the publish."""
@@ -90,9 +91,10 @@ class GatewayMetrics:
 
 
 class _HubCollector(Collector):
-    def __init__(self, hub: Hub, catchup: Catchup) -> None:
+    def __init__(self, hub: Hub, catchup: Catchup, sessions: SessionCache) -> None:
         self.hub = hub
         self.catchup = catchup
+        self.sessions = sessions
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         yield GaugeMetricFamily(
@@ -118,3 +120,8 @@ class _HubCollector(Collector):
         reads.add_metric(["buffer"], self.catchup.from_buffer)
         reads.add_metric(["chatcore"], self.catchup.from_chatcore)
         yield reads
+        yield CounterMetricFamily(
+            "longtail_session_cache_hits",
+            "Requests authenticated from the gateway's own session cache, without Redis.",
+            value=self.sessions.hits,
+        )

@@ -64,6 +64,29 @@ async def test_a_logged_out_token_is_refused_by_every_transport(pair, stack, htt
     assert {w: s for w, s in after.items() if s != 401} == {}
 
 
+async def test_a_gateway_that_kept_the_session_in_process_refuses_it_after_the_logout(pair, stack):
+    """Interval polls on gateway 1 keep alice's channel heard there, so from the second
+    on her session comes from that gateway's own cache; a logout made through gateway 0
+    reaches it on her channel."""
+    alice, _ = pair
+    cached_on = stack.gateways[1]
+    alice.cursor = (await alice.request("GET", "/api/events")).body["cursor"]
+    for _ in range(3):
+        await alice.poll(base=stack.urls[1], timeout=0)
+    assert cached_on.services.auth.sessions.hits >= 1
+    heard = cached_on.hub.revocations
+    await logged_out(alice)
+    await eventually(lambda: cached_on.hub.revocations > heard, what="gateway 1 heard it")
+    for method, path, body in REST:
+        resp = await alice.request(method, path, body, base=stack.urls[1])
+        assert (resp.status, resp.error_code) == (401, "unauthorized"), path
+    assert (
+        await alice.request(
+            "GET", f"/api/events?cursor={alice.cursor}&timeout=0", base=stack.urls[1]
+        )
+    ).status == 401
+
+
 async def test_logout_removes_the_cached_session_and_spares_the_users_other_sessions(
     new_client, stack, redis_factory, settings
 ):

@@ -1,0 +1,158 @@
+"""The gateway's own session cache never outlives a logout it could have missed.
+
+A gateway keeps a verified session in the process only while it hears the user's
+channel, where chatcore announces the logout. These tests play chatcore's part on the
+wire (the session key, then `x:<hash>` on the channel) against a hub whose subscriber
+runs through a proxy the test can cut: a fakeredis TCP server by default, the real
+Redis when LONGTAIL_TEST_REDIS_URL is set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+from redis.asyncio import Redis
+
+from gateway.app import subscriber_options
+from gateway.auth import Authenticator
+from gateway.hub import Hub
+from gateway.mailbox import Mailbox
+from gateway.session_cache import SessionCache
+from gateway.shards import SingleShard
+from longtail.errors import ApiError
+from longtail.wire import Keys, revoked_message
+from tests.proxy import FaultyProxy
+from tests.waiting import eventually
+
+TOKEN = "a-token-for-the-tests"
+SESSION = hashlib.sha256(TOKEN.encode()).hexdigest()
+
+
+class RefusingChatcore:
+    """chatcore's verdict on a session missing from Redis: logged out."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    async def call(self, method: str, path: str, body: object = None) -> object:
+        assert (method, path) == ("POST", "/internal/sessions/verify")
+        self.asked += 1
+        raise ApiError(401, "unauthorized", "The session is invalid or has expired.")
+
+
+@pytest.fixture
+async def rig(redis_target, redis_prefix):
+    host, port = redis_target
+    proxy = await FaultyProxy(host, port).start()
+    keys = Keys(redis_prefix)
+    direct = Redis(host=host, port=port)
+    subscriber = Redis.from_url(proxy.url, **subscriber_options())
+    hub = Hub(SingleShard(subscriber), keys, unsubscribe_grace=0.1, ping_interval=0.2)
+    await hub.start()
+    assert await hub.wait_healthy(5)
+    chatcore = RefusingChatcore()
+    cache = SessionCache(hub)
+    auth = Authenticator(direct, keys, chatcore, cache)  # type: ignore[arg-type]
+    await direct.set(keys.session(SESSION), json.dumps({"id": 1, "username": "ann"}), ex=3600)
+    yield proxy, hub, direct, keys, auth, chatcore
+    await hub.stop()
+    await subscriber.aclose()
+    await proxy.stop()
+    await direct.delete(keys.session(SESSION))
+    await direct.aclose()
+
+
+async def log_out(direct: Redis, keys: Keys) -> None:
+    """What chatcore.sessions.Sessions.revoke does on the wire."""
+    await direct.delete(keys.session(SESSION))
+    await direct.spublish(keys.channel(1), revoked_message(SESSION))
+
+
+async def refused(auth: Authenticator) -> bool:
+    try:
+        await auth.user(TOKEN)
+    except ApiError as exc:
+        return exc.status == 401
+    return False
+
+
+async def test_a_listening_users_requests_after_the_first_skip_redis(rig):
+    _, hub, direct, keys, auth, _ = rig
+    async with hub.listen(1, Mailbox(10)):
+        assert (await auth.user(TOKEN)).id == 1
+        # The key is gone without an announcement: only the cache can answer now.
+        await direct.delete(keys.session(SESSION))
+        for _ in range(3):
+            assert (await auth.user(TOKEN)).username == "ann"
+    assert auth.sessions.hits == 3
+
+
+async def test_nothing_is_kept_for_a_user_this_gateway_does_not_hear(rig):
+    _, _, direct, keys, auth, chatcore = rig
+    assert (await auth.user(TOKEN)).id == 1  # no channel of user 1 here
+    await direct.delete(keys.session(SESSION))
+    assert await refused(auth) and chatcore.asked == 1
+
+
+async def test_a_logout_heard_on_the_channel_ends_the_cached_session(rig):
+    _, hub, direct, keys, auth, _ = rig
+    async with hub.listen(1, Mailbox(10)):
+        await auth.user(TOKEN)
+        await log_out(direct, keys)
+        await eventually(lambda: hub.revocations == 1, what="the logout heard")
+        assert await refused(auth)
+
+
+async def test_a_logout_announced_while_the_subscriber_was_down_still_counts(rig):
+    proxy, hub, direct, keys, auth, _ = rig
+    async with hub.listen(1, Mailbox(10)):
+        await auth.user(TOKEN)
+        proxy.refuse = True
+        proxy.cut()
+        await eventually(lambda: not hub.healthy, what="the hub notices the cut")
+        await log_out(direct, keys)  # nobody hears it
+        assert hub.revocations == 0
+        assert await refused(auth), "refused while the subscriber is down"
+        proxy.refuse = False
+        await eventually(lambda: hub.healthy, deadline=10, what="reconnected")
+        assert await refused(auth), "refused after the subscriber is back"
+
+
+async def test_a_lookup_is_kept_only_if_the_subscription_came_first_and_no_logout_crossed_it(
+    rig,
+):
+    _, hub, direct, keys, auth, _ = rig
+    cache = auth.sessions
+    user = await auth.user(TOKEN)
+    before_subscribing = cache.mark()
+    async with hub.listen(1, Mailbox(10)):
+        cache.keep(user, before_subscribing, 60)
+        assert cache.get(SESSION) is None, "the logout could have come before the SSUBSCRIBE"
+
+        crossed = cache.mark()
+        await direct.spublish(keys.channel(1), revoked_message("another session of hers"))
+        await eventually(lambda: hub.revocations == 1, what="a logout heard")
+        cache.keep(user, crossed, 60)
+        assert cache.get(SESSION) is None, "a logout heard during the lookup may be this one"
+
+        cache.keep(user, cache.mark(), 60)
+        assert cache.get(SESSION) == user
+
+
+async def test_an_entry_ends_with_the_session_and_with_the_channel(rig):
+    _, hub, _, _, auth, _ = rig
+    cache = auth.sessions
+    user = await auth.user(TOKEN)
+    async with hub.listen(1, Mailbox(10)):
+        cache.keep(user, cache.mark(), 0.05)  # the session expires in 50 ms
+        assert cache.get(SESSION) == user
+        await eventually(lambda: cache.get(SESSION) is None, deadline=2, what="expired")
+
+        cache.keep(user, cache.mark(), 60)
+        assert cache.get(SESSION) == user
+    # The last connection left: after the grace the channel is dropped, and with it the
+    # only way this gateway would hear the logout.
+    await eventually(lambda: hub.channel(1) is None, what="channel dropped")
+    assert cache.get(SESSION) is None
