@@ -4,6 +4,8 @@ Delivery contract: whatever the hub hands over, a feed yields seq cursor+1, curs
 exactly once and in order. Pub/sub is lossy, cursors are not: a seq at or below the
 cursor is dropped (a re-publish), a seq beyond cursor+1 means something was missed and
 the gap is filled from storage (Catchup), as is everything after a hub reconnect.
+A new connection reads storage first, unless its cursor is the head its user's channel
+holds (Channel.heard_after): the usual next long-poll, which then costs no Redis read.
 """
 
 from __future__ import annotations
@@ -44,10 +46,19 @@ class Feed:
                 raise Closed("slow_consumer")
             if mailbox.stale:
                 mailbox.stale = False
-                fetched = await self._catchup.after(self.user_id, self.cursor)
-                # A full page means there may be more: keep catching up next round.
-                mailbox.stale = len(fetched) >= PAGE
-                events = self._advance(fetched)
+                channel = mailbox.channel
+                if channel is not None and channel.heard_after(self.cursor):
+                    # The usual next long-poll: the cursor is the head the channel
+                    # holds, so anything newer reaches the mailbox; no read needed.
+                    events = self._advance(mailbox.take())
+                else:
+                    mark = channel.mark() if channel is not None else (0, 0)
+                    fetched = await self._catchup.after(self.user_id, self.cursor)
+                    # A full page means there may be more: keep catching up next round.
+                    mailbox.stale = len(fetched) >= PAGE
+                    if not fetched and channel is not None and channel is mailbox.channel:
+                        channel.learned(mark, self.cursor)
+                    events = self._advance(fetched)
             else:
                 events = self._advance(mailbox.take())
             # Ephemeral events (seq 0) follow the durable ones and do not move the cursor.

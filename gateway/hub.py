@@ -61,7 +61,16 @@ class Channel:
     and the confirmation future exists only while someone waits for it.
     """
 
-    __slots__ = ("_members", "confirmed", "linger", "name", "shard", "user_id", "waiter")
+    __slots__ = (
+        "_members",
+        "confirmed",
+        "head",
+        "linger",
+        "name",
+        "shard",
+        "user_id",
+        "waiter",
+    )
 
     def __init__(self, user_id: int, name: bytes) -> None:
         self.user_id = user_id
@@ -78,6 +87,10 @@ class Channel:
         self.waiter: asyncio.Future[None] | None = None
         self.linger: asyncio.TimerHandle | None = None
         self.shard: _Shard | None = None
+        # The user's newest seq, when this subscription is known to have heard every
+        # event after it (see heard_after); negative when unknown, and then changed by
+        # every delivery, so that `learned` can tell whether one came during a read.
+        self.head = -1
 
     @property
     def mailboxes(self) -> tuple[Mailbox, ...]:
@@ -104,6 +117,39 @@ class Channel:
                 self._members = {members, mailbox}
         else:
             members.add(mailbox)
+
+    # -- what this subscription has heard, so a new connection can skip its catch-up --
+
+    def heard_after(self, cursor: int) -> bool:
+        """True when no event after `cursor` exists but through this channel: the
+        channel learned the user's head was `cursor` from a read made while subscribed,
+        has heard nothing after it since, and its connection is not known to be lost.
+        A mailbox joined now then needs no catch-up read: what comes next reaches it."""
+        shard = self.shard
+        return self.head == cursor and self.confirmed != 0 and shard is not None and shard.connected
+
+    def mark(self) -> tuple[int, int]:
+        """Taken before a catch-up read; see `learned`."""
+        return self.confirmed, self.head
+
+    def learned(self, mark: tuple[int, int], cursor: int) -> None:
+        """A read that began at `mark` found nothing after `cursor`: if the channel was
+        subscribed before it began and heard nothing during it, `cursor` is the head."""
+        if mark[0] != 0 and mark == (self.confirmed, self.head):
+            self.head = cursor
+
+    def heard(self, seq: int) -> None:
+        """A durable event arrived: the head moves only along an unbroken run."""
+        head = self.head
+        if head < 0 or seq > head + 1:
+            self.forget_head()  # unknown, or a gap (an overtaking publish)
+        elif seq == head + 1:
+            self.head = seq
+
+    def forget_head(self) -> None:
+        """Until a read teaches it again: negative, and unlike any value a read under
+        way marked, so that read cannot teach it."""
+        self.head = min(self.head, 0) - 1
 
     def discard(self, mailbox: Mailbox) -> None:
         members = self._members
@@ -243,12 +289,14 @@ class Hub:
             channel.linger.cancel()
             channel.linger = None
         channel.add(mailbox)
+        mailbox.channel = channel
         return channel
 
     def leave(self, channel: Channel, mailbox: Mailbox) -> None:
         """Undo `join`: once the user's last mailbox leaves, the channel lingers for the
         grace period (the next long-poll is usually on its way), then is unsubscribed."""
         channel.discard(mailbox)
+        mailbox.channel = None
         if not len(channel) and channel.linger is None:
             loop = asyncio.get_running_loop()
             channel.linger = loop.call_later(self._grace, self._drop, channel)
@@ -500,6 +548,7 @@ class Hub:
             if channel is not None and channel.shard is shard and not channel.confirmed:
                 self.confirmations += 1
                 channel.confirmed = self.confirmations
+                channel.forget_head()  # what was heard before may have a hole now
                 waiter, channel.waiter = channel.waiter, None
                 if waiter is not None and not waiter.done():
                     waiter.set_result(None)
@@ -540,6 +589,7 @@ class Hub:
         except ValueError:
             log.error("ignoring a malformed message on user %d's channel", channel.user_id)
             return
+        channel.heard(event.seq)
         mailboxes = channel.mailboxes
         for mailbox in mailboxes:
             mailbox.deliver(event)

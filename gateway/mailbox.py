@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from longtail.wire import Event
+
+if TYPE_CHECKING:
+    from gateway.hub import Channel
 
 # Ephemeral events waiting for one connection; they are hints, so a few suffice.
 EPHEMERAL_LIMIT = 32
@@ -21,6 +25,7 @@ class Mailbox:
         "_ephemeral",
         "_events",
         "_waiter",
+        "channel",
         "closed",
         "limit",
         "on_overflow",
@@ -47,6 +52,9 @@ class Mailbox:
         # The writer is then usually stuck in a write the client does not read, and
         # would only notice the overflow after it.
         self.on_overflow: Callable[[], None] | None = None
+        # The hub's channel while joined (Hub.join / Hub.leave): the feed asks it
+        # whether a catch-up read can be skipped.
+        self.channel: Channel | None = None
 
     def deliver(self, event: Event) -> None:
         if self.overflowed:
@@ -77,7 +85,10 @@ class Mailbox:
         return events if events is not None else []
 
     def resync(self) -> None:
+        """Pub/sub may have lost something: read storage, whatever the channel heard."""
         self.stale = True
+        if self.channel is not None:
+            self.channel.forget_head()
         self._wake()
 
     def close(self, reason: str) -> None:

@@ -79,6 +79,30 @@ async def test_events_published_while_the_subscriber_is_down_arrive_after_reconn
         assert [e.seq for e in await feed.next(5)] == [4]
 
 
+async def test_a_poll_arriving_after_a_reconnect_reads_what_was_published_meanwhile(rig):
+    """Before the cut the channel held the head, so a poll there skipped its read; what
+    it heard then may have a hole now, so the next one reads storage."""
+    proxy, hub, publisher, catchup = rig
+    async with hub.listen(1, Mailbox(50)):  # keeps the channel through the cut
+        first = Feed(1, 0, Mailbox(50), catchup)
+        async with hub.listen(1, first.mailbox):
+            assert await first.next(0) == []
+            await publisher.publish([event(1)])
+            assert [e.seq for e in await first.next(5)] == [1]
+        assert hub.channel(1).heard_after(1)
+
+        proxy.refuse = True
+        proxy.cut()
+        await eventually(lambda: not hub.healthy, what="hub notices the cut")
+        await publisher.publish([event(2), event(3)])  # nobody is subscribed: lost
+        proxy.refuse = False
+        await eventually(lambda: hub.healthy, deadline=10, what="reconnected")
+
+        second = Feed(1, 1, Mailbox(50), catchup)
+        async with hub.listen(1, second.mailbox):
+            assert [e.seq for e in await second.next(0)] == [2, 3]
+
+
 async def test_watchdog_replaces_a_subscriber_that_went_silent(rig):
     proxy, hub, publisher, catchup = rig
     feed = Feed(1, 0, Mailbox(50), catchup)

@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from gateway.feed import Feed
 from gateway.hub import Hub
 from gateway.mailbox import Mailbox
 from gateway.shards import SingleShard
@@ -96,6 +97,82 @@ async def test_a_malformed_message_is_ignored_and_the_reader_goes_on(
         await publisher.spublish(keys.channel(3), Event(1, b"{}").to_message())
         await eventually(lambda: box._events)
         assert [e.seq for e in box.take()] == [1]
+
+
+# -- a new connection at the head the channel holds skips its catch-up read ----------
+
+
+class Storage:
+    """Stands in for Catchup: the user's events up to `upto`; `gate`, when set, holds
+    a read (what it answers was decided when it began)."""
+
+    def __init__(self, upto: int) -> None:
+        self.upto = upto
+        self.reads: list[int] = []
+        self.gate: asyncio.Event | None = None
+
+    async def after(self, user_id: int, cursor: int) -> list[Event]:
+        self.reads.append(cursor)
+        events = [Event(s, b'{"seq":%d}' % s) for s in range(cursor + 1, self.upto + 1)]
+        if self.gate is not None:
+            await self.gate.wait()
+        return events
+
+
+async def poll(hub: Hub, storage: Storage, cursor: int, timeout: float = 0) -> list[int]:
+    """One long-poll's worth: join, catch up (or not), wait, leave."""
+    feed = Feed(1, cursor, Mailbox(10), storage)  # type: ignore[arg-type]
+    async with hub.listen(1, feed.mailbox):
+        return [e.seq for e in await feed.next(timeout)]
+
+
+async def publish(publisher, keys: Keys, storage: Storage, seq: int) -> None:
+    storage.upto = max(storage.upto, seq)
+    await publisher.spublish(keys.channel(1), Event(seq, b'{"seq":%d}' % seq).to_message())
+
+
+async def test_the_next_poll_at_the_head_skips_its_read_and_still_gets_what_follows(
+    hub, redis_factory, redis_prefix
+):
+    keys, publisher, storage = Keys(redis_prefix), redis_factory(), Storage(upto=3)
+    assert await poll(hub, storage, 3) == []  # read: nothing after 3
+    assert await poll(hub, storage, 3) == [] and storage.reads == [3]  # no second read
+
+    waiting = asyncio.create_task(poll(hub, storage, 3, timeout=5))
+    await eventually(lambda: hub.connection_count() == 1)
+    await publish(publisher, keys, storage, 4)
+    assert await waiting == [4]
+    assert await poll(hub, storage, 4) == [] and storage.reads == [3]  # heard 4: still head
+
+
+async def test_a_publish_that_overtakes_another_sends_the_next_poll_to_storage(
+    hub, redis_factory, redis_prefix
+):
+    keys, publisher, storage = Keys(redis_prefix), redis_factory(), Storage(upto=3)
+    async with hub.listen(1, Mailbox(10)):  # keeps the channel while nobody polls
+        assert await poll(hub, storage, 3) == []
+        storage.upto = 4  # 4 is committed, its publish is late
+        await publish(publisher, keys, storage, 5)
+        await eventually(lambda: hub.channel(1).head < 0, what="the gap noticed")
+        assert await poll(hub, storage, 3) == [4, 5] and storage.reads == [3, 3]
+
+
+async def test_an_event_heard_during_a_read_keeps_that_read_from_setting_the_head(
+    hub, redis_factory, redis_prefix
+):
+    keys, publisher, storage = Keys(redis_prefix), redis_factory(), Storage(upto=3)
+    async with hub.listen(1, Mailbox(10)):
+        storage.gate = asyncio.Event()
+        first = asyncio.create_task(poll(hub, storage, 3, timeout=5))
+        await eventually(lambda: storage.reads == [3], what="the read began")
+        before = hub.channel(1).head
+        await publish(publisher, keys, storage, 4)  # heard while the read is out
+        await eventually(lambda: hub.channel(1).head != before, what="4 heard")
+        storage.gate.set()
+        assert await first == [4]
+        storage.gate = None
+        # The read said "nothing after 3", but 4 came meanwhile: 3 is no head.
+        assert await poll(hub, storage, 3) == [4] and storage.reads == [3, 3]
 
 
 async def _eq(awaitable, expected) -> bool:
