@@ -495,15 +495,21 @@ class Hub:
             self._reset(self._channels[name])
         pubsub = shard.pubsub = self._shards.pubsub(shard.name)
         await pubsub.subscribe(self._control)
-        # Channels placed here while we awaited are subscribed in the next round; no
-        # await separates the last round from `connected`, after which _place sends.
+        # Channels placed here (or moved away) while we awaited are handled in the next
+        # round; no await separates the last check from `connected`, after which
+        # _place and _unplace send. (The unsubscribes are awaits too: a channel placed
+        # during one of them, before this loop checked again, was never subscribed.)
         sent: set[bytes] = set()
-        while pending := shard.channels - sent:
+        while True:
+            pending, gone = shard.channels - sent, sent - shard.channels
+            if not pending and not gone:
+                break
             for group in _by_slot(pending):
                 await pubsub.ssubscribe(*group)
             sent |= pending
-        for group in _by_slot(sent - shard.channels):
-            await pubsub.sunsubscribe(*group)
+            for group in _by_slot(gone):
+                await pubsub.sunsubscribe(*group)
+            sent -= gone
         shard.connected = True
         shard.last_heard = asyncio.get_running_loop().time()
         if self.reconnects or shard.channels:

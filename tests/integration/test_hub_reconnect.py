@@ -6,8 +6,11 @@ by default, the real Redis when LONGTAIL_TEST_REDIS_URL is set.
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 
 from chatcore.db import Database
 from chatcore.eventlog import Delivery
@@ -31,6 +34,38 @@ class EmptyChatcore:
         return [], 0
 
 
+class GatedShard(SingleShard):
+    """One server; once `gated`, the next subscriber connection's (S)SUBSCRIBE and
+    SUNSUBSCRIBE calls wait for their gate, so a test can act while the hub awaits."""
+
+    def __init__(self, redis: Redis) -> None:
+        super().__init__(redis)
+        self.gated = False
+        self.in_ssubscribe, self.in_sunsubscribe = asyncio.Event(), asyncio.Event()
+        self.ssubscribe_gate, self.sunsubscribe_gate = asyncio.Event(), asyncio.Event()
+
+    def pubsub(self, shard: str) -> PubSub:
+        pubsub = super().pubsub(shard)
+        if not self.gated:
+            return pubsub
+        self.gated = False
+        ssubscribe, sunsubscribe = pubsub.ssubscribe, pubsub.sunsubscribe
+
+        async def gated_ssubscribe(*names: bytes) -> None:
+            self.in_ssubscribe.set()
+            await self.ssubscribe_gate.wait()
+            await ssubscribe(*names)
+
+        async def gated_sunsubscribe(*names: bytes) -> None:
+            self.in_sunsubscribe.set()
+            await self.sunsubscribe_gate.wait()
+            await sunsubscribe(*names)
+
+        pubsub.ssubscribe = gated_ssubscribe  # type: ignore[method-assign]
+        pubsub.sunsubscribe = gated_sunsubscribe  # type: ignore[method-assign]
+        return pubsub
+
+
 @pytest.fixture
 async def rig(redis_target, redis_prefix, database_url):
     host, port = redis_target
@@ -40,7 +75,7 @@ async def rig(redis_target, redis_prefix, database_url):
     db = Database(database_url)
     publisher = Publisher(db, direct, keys, buffer_size=100, buffer_ttl=60)
     subscriber = Redis.from_url(proxy.url, **subscriber_options())
-    hub = Hub(SingleShard(subscriber), keys, unsubscribe_grace=0.1, ping_interval=0.2)
+    hub = Hub(GatedShard(subscriber), keys, unsubscribe_grace=0.1, ping_interval=0.2)
     await hub.start()
     assert await hub.wait_healthy(5)
     catchup = Catchup(direct, keys, EmptyChatcore())  # type: ignore[arg-type]
@@ -101,6 +136,33 @@ async def test_a_poll_arriving_after_a_reconnect_reads_what_was_published_meanwh
         second = Feed(1, 1, Mailbox(50), catchup)
         async with hub.listen(1, second.mailbox):
             assert [e.seq for e in await second.next(0)] == [2, 3]
+
+
+async def test_a_channel_placed_while_a_reconnect_unsubscribes_is_subscribed_too(rig):
+    """A reconnect subscribes what its shard carries, round by round, and unsubscribes
+    what left meanwhile; a user who arrives during one of those awaits must be
+    subscribed before the connection counts as up (after that, arrivals send their own
+    SSUBSCRIBE)."""
+    proxy, hub, _, catchup = rig
+    shard = hub._shards  # the rig's GatedShard
+    async with hub.listen(1, Mailbox(50)):
+        leaving = Mailbox(50)
+        channel = hub.join(2, leaving)
+        shard.gated = True
+        proxy.cut()
+        await asyncio.wait_for(shard.in_ssubscribe.wait(), 10)
+        hub.leave(channel, leaving)  # user 2 leaves while the reconnect subscribes them
+        await eventually(lambda: hub.channel(2) is None, what="user 2's channel dropped")
+        shard.ssubscribe_gate.set()  # user 2 was sent: the next round unsubscribes it
+        await asyncio.wait_for(shard.in_sunsubscribe.wait(), 10)
+        feed = Feed(3, 0, Mailbox(50), catchup)
+        hub.join(3, feed.mailbox)  # arrives now, while the reconnect awaits
+        shard.sunsubscribe_gate.set()
+        await eventually(lambda: hub.healthy, what="reconnected")
+        channel = hub.channel(3)
+        await hub.subscribed(channel)
+        assert channel.confirmed, "user 3's channel subscribed on the new connection"
+        hub.leave(channel, feed.mailbox)
 
 
 async def test_watchdog_replaces_a_subscriber_that_went_silent(rig):
