@@ -120,13 +120,20 @@ class Channel:
 
     # -- what this subscription has heard, so a new connection can skip its catch-up --
 
+    @property
+    def listening(self) -> bool:
+        """Subscribed, on a connection not known to be lost: what is published now on
+        the channel reaches it (between a lost connection and its replacement nothing
+        does)."""
+        shard = self.shard
+        return self.confirmed != 0 and shard is not None and shard.connected
+
     def heard_after(self, cursor: int) -> bool:
         """True when no event after `cursor` exists but through this channel: the
         channel learned the user's head was `cursor` from a read made while subscribed,
-        has heard nothing after it since, and its connection is not known to be lost.
-        A mailbox joined now then needs no catch-up read: what comes next reaches it."""
-        shard = self.shard
-        return self.head == cursor and self.confirmed != 0 and shard is not None and shard.connected
+        has heard nothing after it since, and is still listening. A mailbox joined now
+        then needs no catch-up read: what comes next reaches it."""
+        return self.head == cursor and self.listening
 
     def mark(self) -> tuple[int, int]:
         """Taken before a catch-up read; see `learned`."""
@@ -339,7 +346,7 @@ class Hub:
 
     def mailboxes(self, user_id: int) -> tuple[Mailbox, ...]:
         """The user's connections held here now."""
-        channel = self._channels.get(self._keys.channel(user_id).encode())
+        channel = self.channel(user_id)
         return channel.mailboxes if channel is not None else ()
 
     def connection_count(self) -> int:

@@ -66,7 +66,12 @@ class SessionCache:
         entry = self._current.get(session) or self._previous.get(session)
         if entry is None:
             return None
-        if not _hears(entry.channel, entry.confirmed) or time.monotonic() >= entry.expires:
+        channel = entry.channel
+        if (
+            channel.confirmed != entry.confirmed
+            or not channel.listening
+            or time.monotonic() >= entry.expires
+        ):
             self.forget(session)
             return None
         self.hits += 1
@@ -83,10 +88,10 @@ class SessionCache:
         if hub.revocations != mark.revocations:
             return  # a logout was heard meanwhile: maybe this session's
         channel = hub.channel(user.id)
-        if channel is None or not 0 < channel.confirmed <= mark.confirmations:
-            return  # not subscribed before the lookup went out
-        if not _hears(channel, channel.confirmed):
+        if channel is None or not channel.listening:
             return
+        if channel.confirmed > mark.confirmations:
+            return  # not subscribed before the lookup went out
         now = time.monotonic()
         if now >= self._rotate_at:
             self._previous, self._current = self._current, {}
@@ -102,10 +107,3 @@ class SessionCache:
 
     def __len__(self) -> int:
         return len(self._current) + len(self._previous)
-
-
-def _hears(channel: Channel, confirmed: int) -> bool:
-    """Still the subscription `confirmed` names, on a connection not known to be lost
-    (between a lost connection and its replacement nothing is heard)."""
-    shard = channel.shard
-    return channel.confirmed == confirmed and shard is not None and shard.connected
