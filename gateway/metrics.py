@@ -75,15 +75,29 @@ class GatewayMetrics:
         self.pending_polls = Gauge(
             "longtail_pending_long_polls", "Long-polls (plain and JSONP) waiting now.", registry=r
         )
+        # Children by transport, looked up once: labels() takes a lock and checks its
+        # arguments on every call, twice per interval poll (3% of its CPU in a profile).
+        self._held: dict[str, Gauge] = {}
+        self._delivered: dict[str, Counter] = {}
 
     def watch(self, hub: Hub, catchup: Catchup, sessions: SessionCache) -> None:
         self.registry.register(_HubCollector(hub, catchup, sessions))
+
+    def holding(self, transport: str) -> Gauge:
+        """The held-connections gauge of one transport."""
+        gauge = self._held.get(transport)
+        if gauge is None:
+            gauge = self._held[transport] = self.held.labels(transport)
+        return gauge
 
     def wrote(self, transport: str, events: list[Event]) -> None:
         """Count events written to a client and how long they took from the publish."""
         if not events:
             return
-        self.delivered.labels(transport).inc(len(events))
+        counter = self._delivered.get(transport)
+        if counter is None:
+            counter = self._delivered[transport] = self.delivered.labels(transport)
+        counter.inc(len(events))
         now = time.time()
         for event in events:
             if event.published is not None:

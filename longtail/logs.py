@@ -8,11 +8,13 @@ paths, status codes and error codes, never message bodies, passwords or tokens.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import os
 import re
+import secrets
 import sys
-import uuid
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
@@ -22,9 +24,30 @@ _request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 _SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
+class _RequestIds:
+    """Ids for requests that came without one: a random prefix per process, then a
+    counter, 32 hex digits like a uuid4's. They need to be unique, not secret, and a
+    uuid4 per request read the OS's random source each time (2% of an interval poll's
+    CPU in the gateway's profile)."""
+
+    def __init__(self) -> None:
+        self.renew()
+        os.register_at_fork(after_in_child=self.renew)
+
+    def renew(self) -> None:
+        self._prefix = secrets.token_hex(8)
+        self._count = itertools.count()
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._count):016x}"
+
+
+_new_ids = _RequestIds()
+
+
 def begin_request(incoming: str | None) -> str:
     """Adopt the caller's request id, or make one; later log lines in this task carry it."""
-    request_id = incoming if incoming and _SAFE_ID.fullmatch(incoming) else uuid.uuid4().hex
+    request_id = incoming if incoming and _SAFE_ID.fullmatch(incoming) else _new_ids.next()
     _request_id.set(request_id)
     return request_id
 

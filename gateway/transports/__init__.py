@@ -33,7 +33,7 @@ async def held(services: Services, transport: str, feed: Feed, ip: str) -> Async
     """
     metrics = services.metrics
     with services.connections.admitted(feed.user_id, ip):
-        gauge = metrics.held.labels(transport)
+        gauge = metrics.holding(transport)
         gauge.inc()
         if transport in POLLS:
             metrics.pending_polls.inc()
