@@ -10,7 +10,8 @@ prefix. The driver talks to chatcore's internal API as a gateway does, and measu
    pairs, so a pair never races itself): sends/s, chatcore CPU ms per send (process CPU
    time / sends, the stable figure on a small shared machine), PostgreSQL CPU ms per
    send, and SQL statements, BEGINs, COMMITs and statements prepared (a round trip
-   and a parse and plan in PostgreSQL each) per send.
+   and a parse and plan in PostgreSQL each) per send. Prepares are SQLAlchemy's: the
+   send path's statements (chatcore.db.Tx) use asyncpg's own per-connection cache.
 2. **Fixed rate**: R sends/s for S seconds, open loop: the internal send call's p50/p99.
 
 `--compare DIR` runs the same phases first against another checkout of the code (for
@@ -77,8 +78,38 @@ def serve(port: int, stats_path: str) -> None:
             counts["statements"] += 1
             counts[args[2].lstrip().split(None, 1)[0].upper()] += 1
 
-        if core.db.engine.dialect.name == "postgresql":
+        if core.db.engine.dialect.name != "postgresql":
+
+            @event.listens_for(engine, "begin")
+            def _begin(_conn: Any) -> None:
+                counts["begins"] += 1
+
+            @event.listens_for(engine, "commit")
+            def _commit(_conn: Any) -> None:
+                counts["commits"] += 1
+
+        else:
+            # The send path's statements, BEGINs and COMMITs go to asyncpg itself
+            # (chatcore.db.Tx), past SQLAlchemy's events: asyncpg's query log sees those
+            # and every BEGIN and COMMIT (SQLAlchemy's statements it does not log).
             import asyncpg
+
+            def _logged(query: Any) -> None:
+                verb = query.query.lstrip().split(None, 1)[0].upper().rstrip(";")
+                if verb in ("BEGIN", "COMMIT"):
+                    counts[f"{verb.lower()}s"] += 1
+                elif verb != "ROLLBACK":
+                    counts["statements"] += 1
+                    counts[verb] += 1
+
+            watched: set[int] = set()
+
+            @event.listens_for(engine, "checkout")
+            def _checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+                driver = dbapi_connection.driver_connection
+                if id(driver) not in watched:
+                    watched.add(id(driver))
+                    driver.add_query_logger(_logged)
 
             prepare = asyncpg.Connection.prepare
 
@@ -87,14 +118,6 @@ def serve(port: int, stats_path: str) -> None:
                 return await prepare(self, *args, **kwargs)
 
             asyncpg.Connection.prepare = _prepare  # type: ignore[method-assign]
-
-        @event.listens_for(engine, "begin")
-        def _begin(_conn: Any) -> None:
-            counts["begins"] += 1
-
-        @event.listens_for(engine, "commit")
-        def _commit(_conn: Any) -> None:
-            counts["commits"] += 1
 
         await core.start(port)
         loop = asyncio.get_running_loop()

@@ -13,9 +13,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, case, insert, select, text, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy import Table, bindparam, case, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from chatcore.db import Tx
 from chatcore.models import Event as EventRow
 from chatcore.models import Outbox, User, utcnow
 from longtail.errors import ApiError
@@ -48,23 +49,20 @@ async def append(tx: AsyncSession, items: list[tuple[int, str, dict[str, Any]]])
     past the session's autoflush.
     """
     await tx.flush()
-    return await append_rows(await tx.connection(), items)
+    return await append_rows(Tx(await tx.connection()), items)
 
 
-async def append_rows(
-    conn: AsyncConnection, items: list[tuple[int, str, dict[str, Any]]]
-) -> list[Delivery]:
-    """`append` on a bare connection, in three statements however many events and users.
-
-    SQLAlchemy Core, not the ORM: this runs for every send, and the unit of work costs
-    more CPU than the statements themselves.
+async def append_rows(tx: Tx, items: list[tuple[int, str, dict[str, Any]]]) -> list[Delivery]:
+    """`append` without the ORM, in two statements (three on SQLite) however many events
+    and users: this runs for every send, and the ORM's unit of work costs more CPU than
+    the statements themselves.
     """
     per_user: dict[int, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
     for user_id, type_, body in items:
         per_user[user_id].append((type_, body))
     if not per_user:
         return []
-    last = await reserve_seqs(conn, {u: len(events) for u, events in per_user.items()})
+    last = await reserve_seqs(tx, {u: len(events) for u, events in per_user.items()})
     deliveries: list[Delivery] = []
     rows: list[dict[str, Any]] = []
     now = utcnow()
@@ -82,27 +80,25 @@ async def append_rows(
                     "created_at": now,
                 }
             )
-    if conn.dialect.name == "postgresql":
-        await conn.execute(
+    if tx.postgres:
+        await tx.rows(
             APPEND_PG,
-            {
-                "user_ids": [r["user_id"] for r in rows],
-                "seqs": [r["seq"] for r in rows],
-                "types": [r["type"] for r in rows],
-                "payloads": [r["payload"] for r in rows],
-                "now": now,
-            },
+            [r["user_id"] for r in rows],
+            [r["seq"] for r in rows],
+            [r["type"] for r in rows],
+            [r["payload"] for r in rows],
+            now,
         )
         return deliveries
-    await conn.execute(INSERT_EVENTS, rows)
-    await conn.execute(
+    await tx.core.execute(INSERT_EVENTS, rows)
+    await tx.core.execute(
         INSERT_OUTBOX,
         [{"user_id": r["user_id"], "seq": r["seq"], "created_at": now} for r in rows],
     )
     return deliveries
 
 
-async def reserve_seqs(conn: AsyncConnection, counts: dict[int, int]) -> dict[int, int]:
+async def reserve_seqs(tx: Tx, counts: dict[int, int]) -> dict[int, int]:
     """Advance each user's `last_seq` by `counts[user]`; returns the new values.
 
     One statement, however many users: UPDATE ... FROM (SELECT ... ORDER BY id FOR NO
@@ -116,18 +112,18 @@ async def reserve_seqs(conn: AsyncConnection, counts: dict[int, int]) -> dict[in
     clause there): BEGIN IMMEDIATE already serializes its writers.
     """
     ids = sorted(counts)
-    if conn.dialect.name == "postgresql":
-        rows = await conn.execute(RESERVE_PG, {"ids": ids, "steps": [counts[u] for u in ids]})
-        new = {user_id: last_seq for user_id, last_seq in rows}
+    if tx.postgres:
+        found = await tx.rows(RESERVE_PG, ids, [counts[u] for u in ids])
+        new = {user_id: last_seq for user_id, last_seq in found}
         if len(new) != len(ids):
             raise ApiError(404, "user_not_found", "No such user.")
         return new
     steps = set(counts.values())
     if len(steps) == 1:
         # The usual case (one event each), with a statement built once.
-        rows = await conn.execute(RESERVE_SAME, {"ids": ids, "step": steps.pop()})
+        rows = await tx.core.execute(RESERVE_SAME, {"ids": ids, "step": steps.pop()})
     else:
-        rows = await conn.execute(_reserve(case(counts, value=USERS.c.id)), {"ids": ids})
+        rows = await tx.core.execute(_reserve(case(counts, value=USERS.c.id)), {"ids": ids})
     new = {user_id: last_seq for user_id, last_seq in rows}
     if len(new) != len(ids):
         raise ApiError(404, "user_not_found", "No such user.")
@@ -159,20 +155,19 @@ INSERT_OUTBOX = insert(OUTBOX)
 # (an IN list or a VALUES list of N rows is a new statement for every N, prepared again
 # on each pooled connection, whose cache holds 100). The same row locks in id order as
 # _reserve, for any mix of counts; the events and their outbox rows in one statement.
-RESERVE_PG = text(
+RESERVE_PG = (
     "UPDATE users SET last_seq = users.last_seq + locked.step"
     " FROM (SELECT u.id, wanted.step FROM users AS u"
-    " JOIN unnest(CAST(:ids AS bigint[]), CAST(:steps AS bigint[])) AS wanted(id, step)"
+    " JOIN unnest($1::bigint[], $2::bigint[]) AS wanted(id, step)"
     " ON wanted.id = u.id ORDER BY u.id FOR NO KEY UPDATE OF u) AS locked"
     " WHERE users.id = locked.id RETURNING users.id, users.last_seq"
 )
-APPEND_PG = text(
-    "WITH new AS (SELECT * FROM unnest(CAST(:user_ids AS bigint[]), CAST(:seqs AS bigint[]),"
-    " CAST(:types AS varchar[]), CAST(:payloads AS text[])) AS e(user_id, seq, type, payload)),"
+APPEND_PG = (
+    "WITH new AS (SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::varchar[], $4::text[])"
+    " AS e(user_id, seq, type, payload)),"
     " stored AS (INSERT INTO events (user_id, seq, type, payload, created_at)"
-    " SELECT user_id, seq, type, payload, CAST(:now AS timestamptz) FROM new)"
-    " INSERT INTO outbox (user_id, seq, created_at)"
-    " SELECT user_id, seq, CAST(:now AS timestamptz) FROM new"
+    " SELECT user_id, seq, type, payload, $5::timestamptz FROM new)"
+    " INSERT INTO outbox (user_id, seq, created_at) SELECT user_id, seq, $5::timestamptz FROM new"
 )
 
 

@@ -141,6 +141,15 @@ async def remove(tx: AsyncSession, user_id: int, other_id: int) -> list[Delivery
     )
 
 
+async def create_direct(
+    tx: AsyncSession, pairs: list[tuple[int, int]]
+) -> tuple[None, list[Delivery]]:
+    """Direct conversations for friend pairs that have none (see chatcore.sends)."""
+    for low, high in pairs:
+        await direct_conversation(tx, low, high)
+    return None, []
+
+
 async def direct_conversation(tx: AsyncSession, a: int, b: int) -> int:
     """The pair's one direct conversation, created on first need (kept across re-friending)."""
     low, high = pair(a, b)

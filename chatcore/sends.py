@@ -1,8 +1,9 @@
-"""The send path: storing a batch of messages in one transaction, in SQLAlchemy Core.
+"""The send path: storing a batch of messages in one transaction, without the ORM.
 
 This is chatcore's hot path (issue 5). Profiles of the ORM version showed the time going
 into round trips to the database and the ORM's per-statement machinery, not into the
-statements' own work, so here every step is one Core statement for the whole batch:
+statements' own work, so here every step is one statement for the whole batch: SQL
+given to asyncpg itself on PostgreSQL (chatcore.db.Tx), SQLAlchemy Core on SQLite:
 
 1. the direct conversations of the friend pairs with their members and usernames, and
    the friendship check, in one join (the room sends' members in one more): the
@@ -15,7 +16,9 @@ statements' own work, so here every step is one Core statement for the whole bat
 
 longtail.batching batches concurrent sends so one transaction carries many; a batch
 of one is an ordinary send. Problems with one send (not a friend, client_id reused) are
-that send's answer only; the rest of the batch goes ahead.
+that send's answer only; the rest of the batch goes ahead. Friends without a direct
+conversation (from before accepting created it) stop the batch (MissingConversations):
+the caller makes the conversations through the ORM, then runs the batch again.
 """
 
 from __future__ import annotations
@@ -24,24 +27,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import (
-    BigInteger,
-    Select,
-    String,
-    Table,
-    any_,
-    bindparam,
-    case,
-    select,
-    text,
-    tuple_,
-    update,
-)
+from sqlalchemy import String, Table, and_, bindparam, case, select, tuple_, update
 from sqlalchemy import cast as sql_cast
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.dialects import sqlite
 
 from chatcore import friends
+from chatcore.db import Tx
 from chatcore.eventlog import Delivery, append_rows
 from chatcore.messaging import message_dict
 from chatcore.models import Conversation, Friendship, Member, Message, User, utcnow
@@ -105,12 +96,17 @@ def reused() -> ApiError:
     )
 
 
-async def store(
-    tx: AsyncSession, requests: list[SendRequest]
-) -> tuple[list[Outcome], list[Delivery]]:
+class MissingConversations(Exception):
+    """Friends without their direct conversation: the caller makes them, then retries."""
+
+    def __init__(self, pairs: list[tuple[int, int]]) -> None:
+        super().__init__(f"{len(pairs)} friend pair(s) without a direct conversation")
+        self.pairs = pairs
+
+
+async def store(tx: Tx, requests: list[SendRequest]) -> tuple[list[Outcome], list[Delivery]]:
     """Store the batch's messages and their members' events; one outcome per request."""
-    conn = await tx.connection()
-    targets, members = await destinations(tx, conn, requests)
+    targets, members = await destinations(tx, requests)
     outcomes: list[Outcome | None] = [None] * len(requests)
     fresh: dict[tuple[int, str], int] = {}  # key -> index of its first request
     for i, (request, target) in enumerate(zip(requests, targets, strict=True)):
@@ -122,8 +118,8 @@ async def store(
         else:
             fresh.setdefault(request.key, i)
     now = utcnow()
-    ids = await insert_messages(conn, [(requests[i], targets[i], now) for i in fresh.values()])
-    earlier = await earlier_messages(conn, [k for k in fresh if k not in ids])
+    ids = await insert_messages(tx, [(requests[i], targets[i], now) for i in fresh.values()])
+    earlier = await earlier_messages(tx, [k for k in fresh if k not in ids])
     items: list[tuple[int, str, dict[str, Any]]] = []
     created: list[tuple[int, int, int]] = []  # (conversation, sender, message id)
     for i, (request, target) in enumerate(zip(requests, targets, strict=True)):
@@ -140,8 +136,8 @@ async def store(
             items += [(uid, "message", {"message": message}) for uid in members[target]]
         else:
             outcomes[i] = retry_of(earlier[request.key], request, target)
-    await advance_markers(conn, created)
-    deliveries = await append_rows(conn, items)
+    await advance_markers(tx, created)
+    deliveries = await append_rows(tx, items)
     # Every request got its outcome in one of the two loops above.
     return cast(list[Outcome], outcomes), deliveries
 
@@ -156,22 +152,15 @@ def retry_of(stored: dict[str, Any], request: SendRequest, target: int) -> Outco
 Members = dict[int, dict[int, str]]  # conversation id -> {member id: username}
 
 
-async def destinations(
-    tx: AsyncSession, conn: AsyncConnection, requests: list[SendRequest]
-) -> tuple[list[int | ApiError], Members]:
+async def destinations(tx: Tx, requests: list[SendRequest]) -> tuple[list[int | ApiError], Members]:
     """Each request's conversation (or why it has none), and those conversations' members.
 
-    One statement for all the direct sends and one for all the room sends. A friendship
-    without its direct conversation (from before accepting created it) gets one here,
-    rarely, through the ORM.
+    One statement for all the direct sends and one for all the room sends.
     """
     pairs = {friends.pair(r.sender_id, r.to) for r in requests if r.to not in (None, r.sender_id)}
-    direct, members = await direct_conversations(conn, pairs)
-    for pair in sorted(pairs - direct.keys()):
-        if await friends.are_friends(tx, *pair):
-            direct[pair] = await friends.direct_conversation(tx, *pair)
+    direct, members = await direct_conversations(tx, pairs)
     rooms = {r.conversation_id for r in requests if r.conversation_id is not None}
-    members.update(await conversation_members(conn, (rooms | set(direct.values())) - set(members)))
+    members.update(await conversation_members(tx, (rooms | set(direct.values())) - set(members)))
     result: list[int | ApiError] = []
     for r in requests:
         if r.conversation_id is not None:
@@ -183,108 +172,110 @@ async def destinations(
     return result, members
 
 
-def _direct_query(postgres: bool) -> Select[Any]:
+def _direct_query() -> Any:
+    """SQLite's: the accepted friendships among the pairs, their direct conversations
+    (NULL where there is none yet), its members and their names."""
     f, c, m, u = FRIENDSHIPS.c, CONVERSATIONS.c, MEMBERS.c, USERS.c
     key = sql_cast(f.user_low, String) + ":" + sql_cast(f.user_high, String)
-    if postgres:
-        # Each side against its array; the join on the key pairs them up exactly.
-        wanted = [
-            f.user_low == any_(bindparam("lows", type_=BIG_IDS)),
-            f.user_high == any_(bindparam("highs", type_=BIG_IDS)),
-            c.direct_key == any_(bindparam("keys", type_=KEYS)),
-        ]
-    else:
-        wanted = [
-            tuple_(f.user_low, f.user_high).in_(bindparam("pairs", expanding=True)),
-            c.direct_key.in_(bindparam("keys", expanding=True)),
-        ]
     return (
         select(f.user_low, f.user_high, c.id, m.user_id, u.username)
-        .join_from(FRIENDSHIPS, CONVERSATIONS, c.direct_key == key)
-        .join(MEMBERS, m.conversation_id == c.id)
-        .join(USERS, u.id == m.user_id)
-        .where(f.status == friends.ACCEPTED, *wanted)
+        .select_from(FRIENDSHIPS)
+        .outerjoin(
+            CONVERSATIONS,
+            and_(c.direct_key == key, c.direct_key.in_(bindparam("keys", expanding=True))),
+        )
+        .outerjoin(MEMBERS, m.conversation_id == c.id)
+        .outerjoin(USERS, u.id == m.user_id)
+        .where(
+            f.status == friends.ACCEPTED,
+            tuple_(f.user_low, f.user_high).in_(bindparam("pairs", expanding=True)),
+        )
     )
 
-
-def _members_query(postgres: bool) -> Select[Any]:
-    m, u = MEMBERS.c, USERS.c
-    wanted = (
-        m.conversation_id == any_(bindparam("ids", type_=BIG_IDS))
-        if postgres
-        else m.conversation_id.in_(bindparam("ids", expanding=True))
-    )
-    return (
-        select(m.conversation_id, m.user_id, u.username)
-        .join_from(MEMBERS, USERS, u.id == m.user_id)
-        .where(wanted)
-    )
-
-
-# On PostgreSQL a batch's ids go as arrays: one statement text whatever the batch size,
-# prepared once per pooled connection (an IN list of N is a new statement for every N,
-# prepared again on each connection, whose cache holds 100), and parameters the driver
-# passes whole instead of one bind per value.
-BIG_IDS = postgresql.ARRAY(BigInteger)
-KEYS = postgresql.ARRAY(String)
 
 # The hot statements are built once: building an expression costs more Python than
-# executing its cached compiled form (the profile of a lone send showed it). Keyed by
-# "is it PostgreSQL" (else SQLite).
-DIRECT_QUERY = {True: _direct_query(True), False: _direct_query(False)}
-MEMBERS_QUERY = {True: _members_query(True), False: _members_query(False)}
+# executing its cached compiled form (the profile of a lone send showed it).
+DIRECT_QUERY = _direct_query()
+MEMBERS_QUERY = (
+    select(MEMBERS.c.conversation_id, MEMBERS.c.user_id, USERS.c.username)
+    .join_from(MEMBERS, USERS, USERS.c.id == MEMBERS.c.user_id)
+    .where(MEMBERS.c.conversation_id.in_(bindparam("ids", expanding=True)))
+)
+
+# On PostgreSQL a batch's values go as arrays: one statement text whatever the batch
+# size, prepared once per pooled connection (an IN list of N is a new statement for
+# every N, prepared again on each connection, whose cache holds 100), and parameters
+# the driver passes whole instead of one bind per value.
+DIRECT_PG = (
+    "SELECT p.low, p.high, c.id, m.user_id, u.username"
+    " FROM unnest($1::bigint[], $2::bigint[]) AS p(low, high)"
+    " JOIN friendships AS f ON f.user_low = p.low AND f.user_high = p.high AND f.status = $3"
+    " LEFT JOIN conversations AS c ON c.direct_key = p.low::text || ':' || p.high::text"
+    " LEFT JOIN conversation_members AS m ON m.conversation_id = c.id"
+    " LEFT JOIN users AS u ON u.id = m.user_id"
+)
+MEMBERS_PG = (
+    "SELECT m.conversation_id, m.user_id, u.username FROM conversation_members AS m"
+    " JOIN users AS u ON u.id = m.user_id WHERE m.conversation_id = ANY($1::bigint[])"
+)
 
 
 async def direct_conversations(
-    conn: AsyncConnection, pairs: set[tuple[int, int]]
+    tx: Tx, pairs: set[tuple[int, int]]
 ) -> tuple[dict[tuple[int, int], int], Members]:
     """The friend pairs' direct conversations and their members, in one statement.
 
-    Pairs that are not (accepted) friends are missing from the answer. Both sides of the
-    join are bounded by an index lookup (the pairs, the conversations' keys), so its cost
-    does not grow with the tables.
+    Pairs that are not (accepted) friends are missing from the answer; friends without
+    a conversation yet raise MissingConversations. Both sides of the join are bounded by
+    an index lookup (the pairs, the conversations' keys), so its cost does not grow with
+    the tables.
     """
     if not pairs:
         return {}, {}
-    keys = sorted(f"{low}:{high}" for low, high in pairs)
-    if conn.dialect.name == "postgresql":
+    if tx.postgres:
         lows, highs = zip(*sorted(pairs), strict=True)
-        params = {"lows": list(lows), "highs": list(highs), "keys": keys}
-        rows = await conn.execute(DIRECT_QUERY[True], params)
+        rows = await tx.rows(DIRECT_PG, list(lows), list(highs), friends.ACCEPTED)
     else:
-        rows = await conn.execute(DIRECT_QUERY[False], {"pairs": sorted(pairs), "keys": keys})
+        keys = sorted(f"{low}:{high}" for low, high in pairs)
+        rows = (await tx.core.execute(DIRECT_QUERY, {"pairs": sorted(pairs), "keys": keys})).all()
     direct: dict[tuple[int, int], int] = {}
     members: Members = {}
+    missing: list[tuple[int, int]] = []
     for low, high, conversation_id, user_id, username in rows:
+        if conversation_id is None:
+            missing.append((low, high))
+            continue
         direct[(low, high)] = conversation_id
         members.setdefault(conversation_id, {})[user_id] = username
+    if missing:
+        raise MissingConversations(sorted(missing))
     return direct, members
 
 
-async def conversation_members(conn: AsyncConnection, conversation_ids: set[int]) -> Members:
+async def conversation_members(tx: Tx, conversation_ids: set[int]) -> Members:
     """Members (with usernames) of every one of these conversations, in one statement."""
     if not conversation_ids:
         return {}
-    query = MEMBERS_QUERY[conn.dialect.name == "postgresql"]
-    rows = await conn.execute(query, {"ids": sorted(conversation_ids)})
+    if tx.postgres:
+        rows = await tx.rows(MEMBERS_PG, sorted(conversation_ids))
+    else:
+        rows = (await tx.core.execute(MEMBERS_QUERY, {"ids": sorted(conversation_ids)})).all()
     result: Members = {}
     for conversation_id, user_id, username in rows:
         result.setdefault(conversation_id, {})[user_id] = username
     return result
 
 
-# ON CONFLICT is dialect syntax. SQLite's statement takes a list of rows; PostgreSQL's
-# takes the batch as arrays, one statement text for any batch (see BIG_IDS).
+# ON CONFLICT is dialect syntax. SQLite's statement takes a list of rows.
 INSERT_MESSAGE_SQLITE = (
     sqlite.insert(MESSAGES)
     .on_conflict_do_nothing(index_elements=["sender_id", "client_id"])
     .returning(MESSAGES.c.id, MESSAGES.c.sender_id, MESSAGES.c.client_id)
 )
-INSERT_MESSAGES_PG = text(
+INSERT_MESSAGES_PG = (
     "INSERT INTO messages (conversation_id, sender_id, client_id, body, created_at)"
-    " SELECT conversation_id, sender_id, client_id, body, CAST(:now AS timestamptz)"
-    " FROM unnest(CAST(:conversation_ids AS bigint[]), CAST(:sender_ids AS bigint[]),"
-    " CAST(:client_ids AS varchar[]), CAST(:bodies AS text[]))"
+    " SELECT conversation_id, sender_id, client_id, body, $5::timestamptz"
+    " FROM unnest($1::bigint[], $2::bigint[], $3::varchar[], $4::text[])"
     " AS m(conversation_id, sender_id, client_id, body)"
     " ON CONFLICT (sender_id, client_id) DO NOTHING"
     " RETURNING id, sender_id, client_id"
@@ -292,7 +283,7 @@ INSERT_MESSAGES_PG = text(
 
 
 async def insert_messages(
-    conn: AsyncConnection, rows: list[tuple[SendRequest, int | ApiError, datetime]]
+    tx: Tx, rows: list[tuple[SendRequest, int | ApiError, datetime]]
 ) -> dict[tuple[int, str], int]:
     """Insert the messages; key -> new id for those whose (sender, client_id) was free.
 
@@ -301,19 +292,16 @@ async def insert_messages(
     """
     if not rows:
         return {}
-    if conn.dialect.name == "postgresql":
-        result = await conn.execute(
+    if tx.postgres:
+        result = await tx.rows(
             INSERT_MESSAGES_PG,
-            {
-                "conversation_ids": [target for _, target, _ in rows],
-                "sender_ids": [r.sender_id for r, _, _ in rows],
-                "client_ids": [r.client_id for r, _, _ in rows],
-                "bodies": [r.text for r, _, _ in rows],
-                "now": rows[0][2],
-            },
+            [target for _, target, _ in rows],
+            [r.sender_id for r, _, _ in rows],
+            [r.client_id for r, _, _ in rows],
+            [r.text for r, _, _ in rows],
+            rows[0][2],
         )
         return {(sender, client): message_id for message_id, sender, client in result}
-    stmt = INSERT_MESSAGE_SQLITE
     values = [
         {
             "conversation_id": target,
@@ -324,36 +312,51 @@ async def insert_messages(
         }
         for r, target, now in rows
     ]
-    result = await conn.execute(stmt, values)
-    return {(sender, client): message_id for message_id, sender, client in result}
+    inserted = await tx.core.execute(INSERT_MESSAGE_SQLITE, values)
+    return {(sender, client): message_id for message_id, sender, client in inserted}
+
+
+EARLIER_PG = (
+    "SELECT m.id, m.conversation_id, m.sender_id, u.username, m.body, m.client_id,"
+    " m.created_at FROM unnest($1::bigint[], $2::varchar[]) AS k(sender_id, client_id)"
+    " JOIN messages AS m ON m.sender_id = k.sender_id AND m.client_id = k.client_id"
+    " JOIN users AS u ON u.id = m.sender_id"
+)
 
 
 async def earlier_messages(
-    conn: AsyncConnection, keys: list[tuple[int, str]]
+    tx: Tx, keys: list[tuple[int, str]]
 ) -> dict[tuple[int, str], dict[str, Any]]:
     """The messages already stored under these (sender, client_id) keys."""
     if not keys:
         return {}
-    m, u = MESSAGES.c, USERS.c
-    rows = await conn.execute(
-        select(m.id, m.conversation_id, m.sender_id, u.username, m.body, m.client_id, m.created_at)
-        .join_from(MESSAGES, USERS, u.id == m.sender_id)
-        .where(tuple_(m.sender_id, m.client_id).in_(keys))
-    )
-    return {
-        (row.sender_id, row.client_id): message_dict(
-            row.id,
-            row.conversation_id,
-            {"id": row.sender_id, "username": row.username},
-            row.body,
-            row.client_id,
-            row.created_at,
+    if tx.postgres:
+        senders, clients = zip(*keys, strict=True)
+        rows = await tx.rows(EARLIER_PG, list(senders), list(clients))
+    else:
+        m, u = MESSAGES.c, USERS.c
+        query = (
+            select(
+                m.id, m.conversation_id, m.sender_id, u.username, m.body, m.client_id, m.created_at
+            )
+            .join_from(MESSAGES, USERS, u.id == m.sender_id)
+            .where(tuple_(m.sender_id, m.client_id).in_(keys))
         )
-        for row in rows
+        rows = (await tx.core.execute(query)).all()
+    return {
+        (sender_id, client_id): message_dict(
+            message_id,
+            conversation_id,
+            {"id": sender_id, "username": username},
+            body,
+            client_id,
+            created_at,
+        )
+        for message_id, conversation_id, sender_id, username, body, client_id, created_at in rows
     }
 
 
-async def advance_markers(conn: AsyncConnection, created: list[tuple[int, int, int]]) -> None:
+async def advance_markers(tx: Tx, created: list[tuple[int, int, int]]) -> None:
     """Point each conversation at its newest message; sending counts as reading it.
 
     Both only move forward: two transactions may commit in the other order than their
@@ -367,10 +370,14 @@ async def advance_markers(conn: AsyncConnection, created: list[tuple[int, int, i
         newest[conversation_id] = max(newest.get(conversation_id, 0), message_id)
         key = (conversation_id, sender_id)
         read[key] = max(read.get(key, 0), message_id)
-    await conn.execute(
+    if tx.postgres:
+        await tx.many(NEWEST_MESSAGE_PG, sorted(newest.items()))
+        await tx.many(READ_UP_TO_PG, [(cid, uid, mid) for (cid, uid), mid in sorted(read.items())])
+        return
+    await tx.core.execute(
         NEWEST_MESSAGE, [{"cid": cid, "mid": mid} for cid, mid in sorted(newest.items())]
     )
-    await conn.execute(
+    await tx.core.execute(
         READ_UP_TO,
         [{"cid": cid, "uid": uid, "mid": mid} for (cid, uid), mid in sorted(read.items())],
     )
@@ -390,4 +397,12 @@ READ_UP_TO = (
     update(MEMBERS)
     .where(MEMBERS.c.conversation_id == bindparam("cid"), MEMBERS.c.user_id == bindparam("uid"))
     .values(last_read_message_id=forward(MEMBERS.c.last_read_message_id, bindparam("mid")))
+)
+# GREATEST skips NULLs: the first message of a conversation sets its marker.
+NEWEST_MESSAGE_PG = (
+    "UPDATE conversations SET last_message_id = GREATEST(last_message_id, $2) WHERE id = $1"
+)
+READ_UP_TO_PG = (
+    "UPDATE conversation_members SET last_read_message_id = GREATEST(last_read_message_id, $3)"
+    " WHERE conversation_id = $1 AND user_id = $2"
 )

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, Operation
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chatcore import accounts, eventlog, friends, messaging, outbox, rooms, sends
-from chatcore.db import Database
+from chatcore.db import Database, Tx
 from chatcore.eventlog import Delivery
 from chatcore.outbox import Publisher
 from chatcore.passwords import Passwords
@@ -34,6 +34,7 @@ from longtail.wire import Event, Keys
 log = logging.getLogger("longtail.chatcore")
 
 T = TypeVar("T")
+H = TypeVar("H", AsyncSession, Tx)  # what a transaction hands its work
 
 
 def ephemeral(type_: str, body: dict[str, Any]) -> bytes:
@@ -87,6 +88,27 @@ class Chat:
     async def _write(
         self, work: Callable[[AsyncSession], Awaitable[tuple[T, list[Delivery]]]]
     ) -> T:
+        """Run `work` in a transaction of an ORM session, publish its events after commit."""
+        return await self._commit(self.db.transaction, work)
+
+    async def _store(self, work: Callable[[Tx], Awaitable[tuple[T, list[Delivery]]]]) -> T:
+        """`_write` for the send path, which needs no ORM session (chatcore.sends).
+
+        Friends without their direct conversation (from before accepting created it)
+        get it in an ORM transaction of its own, then `work` runs again.
+        """
+        try:
+            return await self._commit(self.db.sql_transaction, work)
+        except sends.MissingConversations as missing:
+            pairs = missing.pairs
+            await self._write(lambda tx: friends.create_direct(tx, pairs))
+            return await self._commit(self.db.sql_transaction, work)
+
+    async def _commit(
+        self,
+        begin: Callable[[], AbstractAsyncContextManager[H]],
+        work: Callable[[H], Awaitable[tuple[T, list[Delivery]]]],
+    ) -> T:
         """Run `work` in a transaction, publish its events after commit.
 
         A unique-constraint race (two first sends with one client_id, two people asking
@@ -94,7 +116,7 @@ class Chat:
         """
         for attempt in (1, 2):
             try:
-                async with self._working(), database_errors(), self.db.transaction() as tx:
+                async with self._working(), database_errors(), begin() as tx:
                     result, deliveries = await work(tx)
                 break
             except IntegrityError:
@@ -212,12 +234,12 @@ class Chat:
         """
         published = self.publisher.take_published()
 
-        async def work(tx: AsyncSession) -> tuple[list[sends.Outcome], list[Delivery]]:
+        async def work(tx: Tx) -> tuple[list[sends.Outcome], list[Delivery]]:
             await outbox.forget(tx, published)
             return await sends.store(tx, requests)
 
         try:
-            return await self._write(work)
+            return await self._store(work)
         except BaseException as exc:
             self.publisher.give_back(published)
             if not isinstance(exc, Exception):
@@ -232,7 +254,7 @@ class Chat:
         self, request: sends.SendRequest
     ) -> tuple[dict[str, Any], bool] | BaseException:
         try:
-            (outcome,) = await self._write(lambda tx: sends.store(tx, [request]))
+            (outcome,) = await self._store(lambda tx: sends.store(tx, [request]))
         except Exception as exc:
             return exc
         return outcome

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select, text
+from sqlalchemy import delete, event, select, text
 
 from chatcore import sends
 from chatcore.db import Database
@@ -46,12 +46,34 @@ async def users(chat: Chat, *names: str) -> list[int]:
 
 
 def commits(db: Database) -> list[int]:
-    """A counter of the engine's COMMITs from now on."""
-    counter = [0]
+    """A counter of the database's COMMITs from now on.
 
-    @event.listens_for(db.engine.sync_engine, "commit")
-    def _commit(_conn: Any) -> None:
-        counter[0] += 1
+    On PostgreSQL the send path's transactions are asyncpg's own (chatcore.db.Tx), which
+    SQLAlchemy's events do not see: there asyncpg's query log counts them (its callbacks
+    run soon after each COMMIT, before the publish that follows it has answered).
+    """
+    counter = [0]
+    engine = db.engine.sync_engine
+    if engine.dialect.name != "postgresql":
+
+        @event.listens_for(engine, "commit")
+        def _commit(_conn: Any) -> None:
+            counter[0] += 1
+
+        return counter
+
+    def _logged(query: Any) -> None:
+        if query.query.strip().upper().startswith("COMMIT"):
+            counter[0] += 1
+
+    watched: set[int] = set()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        driver = dbapi_connection.driver_connection
+        if id(driver) not in watched:
+            watched.add(id(driver))
+            driver.add_query_logger(_logged)
 
     return counter
 
@@ -146,6 +168,35 @@ async def test_retries_within_and_across_batches_store_one_message(chat):
     assert bodies == ["once"]
 
 
+async def test_friends_without_a_direct_conversation_get_one_with_their_first_send(chat):
+    """Friendships from before accepting created the conversation: the batch makes it
+    (through an ORM session joined to the batch's transaction), and it is committed."""
+    a, b, c = await users(chat, "na_user", "nb_user", "nc_user")
+    await befriend(chat, a, b, "na_user", "nb_user")
+    await befriend(chat, a, c, "na_user", "nc_user")
+    async with chat.db.transaction() as tx:
+        old = (
+            (await tx.execute(select(Conversation.id).where(Conversation.direct_key.is_not(None))))
+            .scalars()
+            .all()
+        )
+        await tx.execute(delete(Member).where(Member.conversation_id.in_(old)))
+        await tx.execute(delete(Conversation).where(Conversation.id.in_(old)))
+    first, second, third = await asyncio.gather(
+        chat.send(a, {"to": b, "body": "to b", "client_id": "1"}),
+        chat.send(a, {"to": c, "body": "to c", "client_id": "2"}),
+        chat.send(b, {"to": a, "body": "to a", "client_id": "1"}),
+    )
+    assert first[1] and second[1] and third[1]
+    assert (
+        first[0]["conversation_id"] == third[0]["conversation_id"] != second[0]["conversation_id"]
+    )
+    got = [p["message"]["body"] for p in await payloads(chat, a) if p["type"] == "message"]
+    assert got == ["to b", "to c", "to a"]
+    (listed,) = [x for x in await chat.conversations(c) if x["kind"] == "direct"]
+    assert listed["with"]["id"] == a and listed["last_message"]["body"] == "to c"
+
+
 async def test_room_sends_reach_every_member_and_mark_the_sender_read(chat):
     a, b, c = await users(chat, "ra_user", "rb_user", "rc_user")
     await befriend(chat, a, b, "ra_user", "rb_user")
@@ -173,9 +224,9 @@ async def test_markers_only_move_forward(chat):
     await befriend(chat, a, b, "ma_user", "mb_user")
     message, _ = await chat.send(a, {"to": b, "body": "newest", "client_id": "n"})
     conversation_id = message["conversation_id"]
-    async with chat.db.transaction() as tx:
+    async with chat.db.sql_transaction() as tx:
         # A transaction that drew a smaller id but commits later must not move them back.
-        await sends.advance_markers(await tx.connection(), [(conversation_id, a, 1)])
+        await sends.advance_markers(tx, [(conversation_id, a, 1)])
     async with chat.db.transaction() as tx:
         newest = await tx.scalar(
             select(Conversation.last_message_id).where(Conversation.id == conversation_id)
@@ -319,3 +370,37 @@ async def test_a_pooled_connection_killed_while_idle_is_replaced(chat, monkeypat
     assert created and message["body"] == "still here"
     async with chat.db.transaction() as tx:
         assert await tx.scalar(select(Message.body).where(Message.id == message["id"]))
+
+
+@pytest.mark.skipif(not REAL_DATABASE_URL, reason="PostgreSQL only: SQLite has no server")
+async def test_a_send_whose_connection_dies_mid_transaction_is_a_503_then_stored_on_retry(
+    chat, monkeypatch
+):
+    """The send path's transaction is asyncpg's own (chatcore.db.Tx): a lost connection
+    must still be the 503 clients retry on, and the pool must not hand it out again."""
+    a, b = await users(chat, "da_user", "db_user")
+    await befriend(chat, a, b, "da_user", "db_user")
+    store = sends.store
+
+    async def cut_off(tx: Any, requests: list[sends.SendRequest]) -> Any:
+        killer = Database(chat.db.url)
+        try:
+            async with killer.engine.connect() as conn:
+                pid = tx.driver.get_server_pid()
+                await conn.execute(text(f"SELECT pg_terminate_backend({int(pid)})"))
+        finally:
+            await killer.close()
+        return await store(tx, requests)
+
+    monkeypatch.setattr(sends, "store", cut_off)
+    body = {"to": b, "body": "after the cut", "client_id": "cut"}
+    with pytest.raises(ApiError) as failed:
+        await chat.send(a, dict(body))
+    assert failed.value.status == 503 and failed.value.code == "database_unavailable"
+    monkeypatch.setattr(sends, "store", store)
+    for _ in range(3):  # every pooled connection is alive: none is the killed one
+        message, created = await chat.send(a, dict(body))
+        body["client_id"] += "+"
+        assert created and message["body"] == "after the cut"
+    received = [p["message"]["body"] for p in await payloads(chat, b) if p["type"] == "message"]
+    assert received == ["after the cut"] * 3
