@@ -13,16 +13,15 @@ import asyncio
 import logging
 import time
 from datetime import timedelta
-from typing import cast
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline
 from redis.exceptions import RedisError
-from sqlalchemy import Table, bindparam, delete, select, tuple_
+from sqlalchemy import select
 
-from chatcore.db import Database, Tx
-from chatcore.eventlog import Delivery
+from chatcore.db import Database
+from chatcore.eventlog import Delivery, forget
 from chatcore.models import Event as EventRow
 from chatcore.models import Outbox, utcnow
 from longtail.wire import Event, Keys, ephemeral_message
@@ -80,34 +79,6 @@ def deliver(
         keys.channel(delivery.user_id),
         delivery.event.to_message(now),
     )
-
-
-async def forget(tx: Tx, rows: list[tuple[int, int]]) -> None:
-    """Delete these (user_id, seq) outbox rows: their events are published.
-
-    Not through an ORM session: its bulk-delete machinery took a twentieth of chatcore's
-    CPU in the send path's profile.
-    """
-    if not rows:
-        return
-    if tx.postgres:
-        user_ids, seqs = zip(*rows, strict=True)
-        await tx.rows(FORGET_PG, list(user_ids), list(seqs))
-    else:
-        await tx.core.execute(FORGET, {"rows": rows})
-
-
-OUTBOX = cast(Table, Outbox.__table__)
-# Built once: building the expression cost more than running it (profile of the send path).
-FORGET = delete(OUTBOX).where(
-    tuple_(OUTBOX.c.user_id, OUTBOX.c.seq).in_(bindparam("rows", expanding=True))
-)
-# On PostgreSQL, arrays: one statement text whatever the count, so each connection
-# prepares it once (an IN list of N rows is a new statement for every N).
-FORGET_PG = (
-    "DELETE FROM outbox USING unnest($1::bigint[], $2::bigint[]) AS published(user_id, seq)"
-    " WHERE outbox.user_id = published.user_id AND outbox.seq = published.seq"
-)
 
 
 class Publisher:

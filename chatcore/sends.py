@@ -11,8 +11,9 @@ given to asyncpg itself on PostgreSQL (chatcore.db.Tx), SQLAlchemy Core on SQLit
 2. INSERT ... ON CONFLICT DO NOTHING RETURNING for the messages: a retried client_id
    finds its first message instead of raising (idempotent on (sender, client_id));
 3. the conversations' newest message and the senders' read markers (executemany);
-4. the events and outbox rows (chatcore.eventlog.append_rows: seqs under row locks
-   taken in id order).
+4. the events and outbox rows, and the deletion of the outbox rows of events published
+   since the last batch (chatcore.eventlog.append_rows: seqs under row locks taken in
+   id order).
 
 longtail.batching batches concurrent sends so one transaction carries many; a batch
 of one is an ordinary send. Problems with one send (not a friend, client_id reused) are
@@ -23,6 +24,7 @@ the caller makes the conversations through the ORM, then runs the batch again.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -104,8 +106,13 @@ class MissingConversations(Exception):
         self.pairs = pairs
 
 
-async def store(tx: Tx, requests: list[SendRequest]) -> tuple[list[Outcome], list[Delivery]]:
-    """Store the batch's messages and their members' events; one outcome per request."""
+async def store(
+    tx: Tx, requests: list[SendRequest], published: Sequence[tuple[int, int]] = ()
+) -> tuple[list[Outcome], list[Delivery]]:
+    """Store the batch's messages and their members' events; one outcome per request.
+
+    `published`: outbox rows to delete along (chatcore.eventlog.append_rows).
+    """
     targets, members = await destinations(tx, requests)
     outcomes: list[Outcome | None] = [None] * len(requests)
     fresh: dict[tuple[int, str], int] = {}  # key -> index of its first request
@@ -137,7 +144,7 @@ async def store(tx: Tx, requests: list[SendRequest]) -> tuple[list[Outcome], lis
         else:
             outcomes[i] = retry_of(earlier[request.key], request, target)
     await advance_markers(tx, created)
-    deliveries = await append_rows(tx, items)
+    deliveries = await append_rows(tx, items, published)
     # Every request got its outcome in one of the two loops above.
     return cast(list[Outcome], outcomes), deliveries
 

@@ -19,7 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from chatcore import accounts, eventlog, friends, messaging, outbox, rooms, sends
+from chatcore import accounts, eventlog, friends, messaging, rooms, sends
 from chatcore.db import Database, Tx
 from chatcore.eventlog import Delivery
 from chatcore.outbox import Publisher
@@ -235,8 +235,7 @@ class Chat:
         published = self.publisher.take_published()
 
         async def work(tx: Tx) -> tuple[list[sends.Outcome], list[Delivery]]:
-            await outbox.forget(tx, published)
-            return await sends.store(tx, requests)
+            return await sends.store(tx, requests, published)
 
         try:
             return await self._store(work)
