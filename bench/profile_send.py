@@ -94,22 +94,17 @@ def serve(port: int, stats_path: str) -> None:
             # and every BEGIN and COMMIT (SQLAlchemy's statements it does not log).
             import asyncpg
 
-            def _logged(query: Any) -> None:
-                verb = query.query.lstrip().split(None, 1)[0].upper().rstrip(";")
+            from chatcore.db import watch_statements
+
+            def _logged(query: str) -> None:
+                verb = query.lstrip().split(None, 1)[0].upper().rstrip(";")
                 if verb in ("BEGIN", "COMMIT"):
                     counts[f"{verb.lower()}s"] += 1
                 elif verb != "ROLLBACK":
                     counts["statements"] += 1
                     counts[verb] += 1
 
-            watched: set[int] = set()
-
-            @event.listens_for(engine, "checkout")
-            def _checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
-                driver = dbapi_connection.driver_connection
-                if id(driver) not in watched:
-                    watched.add(id(driver))
-                    driver.add_query_logger(_logged)
+            watch_statements(core.db.engine, _logged)
 
             prepare = asyncpg.Connection.prepare
 

@@ -4,7 +4,7 @@ and on PostgreSQL the send path's statements straight to asyncpg (Tx)."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
@@ -116,6 +116,25 @@ class Tx:
             await self.driver.executemany(sql, args)
         else:
             await self.core.exec_driver_sql(sql, args)
+
+
+def watch_statements(engine: AsyncEngine, callback: Callable[[str], None]) -> None:
+    """Call `callback` with the text of every statement asyncpg runs on the engine's
+    pooled connections, from the next checkout on (asyncpg's query log, which calls
+    back soon after each one).
+
+    For counting (benches, tests): SQLAlchemy's events miss what goes to asyncpg itself
+    (Tx), and asyncpg's log misses what SQLAlchemy runs as prepared statements; both
+    see the BEGINs and COMMITs, asyncpg's log those of Database.sql_transaction too.
+    """
+    watched: set[int] = set()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        driver = dbapi_connection.driver_connection
+        if id(driver) not in watched:
+            watched.add(id(driver))
+            driver.add_query_logger(lambda logged: callback(logged.query))
 
 
 class Database:

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import delete, event, select, text
 
 from chatcore import sends
-from chatcore.db import Database
+from chatcore.db import Database, watch_statements
 from chatcore.models import Conversation, Member, Message
 from chatcore.service import Chat
 from longtail.batching import Batcher
@@ -62,19 +62,11 @@ def commits(db: Database) -> list[int]:
 
         return counter
 
-    def _logged(query: Any) -> None:
-        if query.query.strip().upper().startswith("COMMIT"):
+    def _logged(query: str) -> None:
+        if query.strip().upper().startswith("COMMIT"):
             counter[0] += 1
 
-    watched: set[int] = set()
-
-    @event.listens_for(engine, "checkout")
-    def _checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
-        driver = dbapi_connection.driver_connection
-        if id(driver) not in watched:
-            watched.add(id(driver))
-            driver.add_query_logger(_logged)
-
+    watch_statements(db.engine, _logged)
     return counter
 
 
@@ -280,10 +272,10 @@ async def test_a_batch_that_fails_as_a_whole_is_retried_send_by_send(chat, monke
     await befriend(chat, a, b, "fa_user", "fb_user")
     store = sends.store
 
-    async def fragile(tx: Any, requests: list[sends.SendRequest]) -> Any:
+    async def fragile(tx: Any, requests: list[sends.SendRequest], *rest: Any) -> Any:
         if len(requests) > 1:
             raise RuntimeError("one bad row spoils the statement")
-        return await store(tx, requests)
+        return await store(tx, requests, *rest)
 
     monkeypatch.setattr(sends, "store", fragile)
     with caplog.at_level(logging.WARNING, "longtail.chatcore"):
@@ -382,7 +374,7 @@ async def test_a_send_whose_connection_dies_mid_transaction_is_a_503_then_stored
     await befriend(chat, a, b, "da_user", "db_user")
     store = sends.store
 
-    async def cut_off(tx: Any, requests: list[sends.SendRequest]) -> Any:
+    async def cut_off(tx: Any, requests: list[sends.SendRequest], *rest: Any) -> Any:
         killer = Database(chat.db.url)
         try:
             async with killer.engine.connect() as conn:
@@ -390,7 +382,7 @@ async def test_a_send_whose_connection_dies_mid_transaction_is_a_503_then_stored
                 await conn.execute(text(f"SELECT pg_terminate_backend({int(pid)})"))
         finally:
             await killer.close()
-        return await store(tx, requests)
+        return await store(tx, requests, *rest)
 
     monkeypatch.setattr(sends, "store", cut_off)
     body = {"to": b, "body": "after the cut", "client_id": "cut"}
