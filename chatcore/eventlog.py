@@ -58,9 +58,9 @@ async def append_rows(
     items: list[tuple[int, str, dict[str, Any]]],
     published: Sequence[tuple[int, int]] = (),
 ) -> list[Delivery]:
-    """`append` without the ORM, in two statements (three on SQLite) however many events
-    and users: this runs for every send, and the ORM's unit of work costs more CPU than
-    the statements themselves.
+    """`append` without the ORM, in two statements on PostgreSQL however many events and
+    users (on SQLite one per table): this runs for every send, and the ORM's unit of work
+    costs more CPU than the statements themselves.
 
     `published`: outbox rows of earlier events that Redis has taken, deleted here too;
     on PostgreSQL by the statement that stores the new events (a round trip less per
