@@ -161,8 +161,9 @@ async def test_retries_within_and_across_batches_store_one_message(chat):
 
 
 async def test_friends_without_a_direct_conversation_get_one_with_their_first_send(chat):
-    """Friendships from before accepting created the conversation: the batch makes it
-    (through an ORM session joined to the batch's transaction), and it is committed."""
+    """Friendships from before accepting created the conversation: the batch stops
+    (sends.MissingConversations), the conversations are made in an ORM transaction of
+    their own, and the batch runs again."""
     a, b, c = await users(chat, "na_user", "nb_user", "nc_user")
     await befriend(chat, a, b, "na_user", "nb_user")
     await befriend(chat, a, c, "na_user", "nc_user")
