@@ -612,19 +612,22 @@ class Hub:
 
     async def _watch(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
+        while self._started:
             await asyncio.sleep(self._ping_interval)
             if not any(s.connected for s in self._by_name.values()):
                 continue
             try:
                 # A classic PUBLISH reaches every node of a Cluster: one ping checks
                 # every shard connection. Bounded: a black-holed route must not stall
-                # the check below.
-                await asyncio.wait_for(
-                    self._shards.publish(self._control, b"ping"), self._ping_interval
-                )
+                # the check below. asyncio.timeout, not wait_for: on Python 3.11 a
+                # wait_for cancelled as its ping returns swallows the cancellation, and
+                # this loop went on replacing the readers stop() had just cancelled.
+                async with asyncio.timeout(self._ping_interval):
+                    await self._shards.publish(self._control, b"ping")
             except (TimeoutError, RedisError, OSError) as exc:
                 log.info("watchdog ping failed: %r", exc)
+            if not self._started:
+                return
             for shard in list(self._by_name.values()):
                 silent = loop.time() - shard.last_heard
                 if shard.connected and silent > self._stall_after and shard.reader is not None:

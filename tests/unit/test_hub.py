@@ -177,3 +177,31 @@ async def test_an_event_heard_during_a_read_keeps_that_read_from_setting_the_hea
 
 async def _eq(awaitable, expected) -> bool:
     return await awaitable == expected
+
+
+async def test_stop_ends_the_watchdog_even_when_its_ping_answers_as_it_is_cancelled(
+    redis_factory, redis_prefix
+):
+    """Seen in CI: stop() cancelled the watchdog as its ping returned, the watchdog went
+    on (Python 3.11's wait_for swallowed that cancellation), found the readers stop() had
+    cancelled silent, replaced them, and stop() waited for it forever."""
+    hub = Hub(
+        SingleShard(redis_factory()), Keys(redis_prefix), unsubscribe_grace=0.1, ping_interval=0.05
+    )
+    await hub.start()
+    assert await hub.wait_healthy(5)
+    shards = hub._shards
+    ping = shards.publish
+    stopping: list[asyncio.Task[None]] = []
+
+    async def ping_then_stop(channel: bytes, data: bytes) -> int:
+        answer = await ping(channel, data)
+        if not stopping:
+            stopping.append(asyncio.create_task(hub.stop()))  # cancels the watchdog next
+        return answer
+
+    shards.publish = ping_then_stop  # type: ignore[method-assign]
+    await eventually(lambda: bool(stopping), what="the watchdog's ping")
+    await asyncio.wait_for(stopping[0], 5)
+    readers = [t for t in asyncio.all_tasks() if t.get_name() == "hub-reader"]
+    assert all(t.done() for t in readers), "no reader outlives stop()"
