@@ -262,9 +262,8 @@ class Gateway:
             held_socket.cut()
         if self.server is not None:
             with suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self.server.close_all_connections(), max(0.1, deadline - loop.time())
-                )
+                async with asyncio.timeout(max(0.1, deadline - loop.time())):
+                    await self.server.close_all_connections()
         await self.presence.stop()
         await self.hub.stop()
         await self.chatcore.close()

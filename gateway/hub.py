@@ -317,8 +317,11 @@ class Hub:
         waiter = channel.waiter
         if waiter is None:
             waiter = channel.waiter = asyncio.get_running_loop().create_future()
-        with suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(waiter), timeout)
+        # asyncio.timeout, not wait_for, here and wherever a wait is bounded: on Python
+        # 3.11 a wait_for cancelled as its awaitable completes swallows the cancellation.
+        with suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(waiter)
 
     @asynccontextmanager
     async def listen(self, user_id: int, mailbox: Mailbox) -> AsyncIterator[None]:
@@ -619,9 +622,9 @@ class Hub:
             try:
                 # A classic PUBLISH reaches every node of a Cluster: one ping checks
                 # every shard connection. Bounded: a black-holed route must not stall
-                # the check below. asyncio.timeout, not wait_for: on Python 3.11 a
-                # wait_for cancelled as its ping returns swallows the cancellation, and
-                # this loop went on replacing the readers stop() had just cancelled.
+                # the check below. (With wait_for, a stop() that cancelled this loop as
+                # its ping returned was swallowed, and the loop went on replacing the
+                # readers stop() had just cancelled: see `subscribed`.)
                 async with asyncio.timeout(self._ping_interval):
                     await self._shards.publish(self._control, b"ping")
             except (TimeoutError, RedisError, OSError) as exc:

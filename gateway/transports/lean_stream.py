@@ -83,7 +83,8 @@ class HeldStream(HeldPoll):
         if written is None:
             return
         try:
-            await asyncio.wait_for(written, WRITE_TIMEOUT)
+            async with asyncio.timeout(WRITE_TIMEOUT):  # not wait_for: see Hub.subscribed
+                await written
         except TimeoutError:
             log.info(
                 "%s: the client took no write for %.0f s; cutting it", self.transport, WRITE_TIMEOUT
