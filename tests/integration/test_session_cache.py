@@ -9,11 +9,13 @@ Redis when LONGTAIL_TEST_REDIS_URL is set.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway.app import subscriber_options
 from gateway.auth import Authenticator
@@ -156,3 +158,53 @@ async def test_an_entry_ends_with_the_session_and_with_the_channel(rig):
     # only way this gateway would hear the logout.
     await eventually(lambda: hub.channel(1) is None, what="channel dropped")
     assert cache.get(SESSION) is None
+
+
+async def test_lookups_made_together_share_one_round_trip_and_each_gets_its_own_user(rig):
+    _, _, direct, keys, auth, chatcore = rig
+    tokens = [f"token-{n}" for n in range(8)]
+    for n, token in enumerate(tokens):
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        await direct.set(keys.session(digest), json.dumps({"id": 10 + n, "username": f"u{n}"}))
+    pipelines = 0
+    make_pipeline = direct.pipeline
+
+    def counted(*args, **kwargs):
+        nonlocal pipelines
+        pipelines += 1
+        return make_pipeline(*args, **kwargs)
+
+    direct.pipeline = counted  # type: ignore[method-assign]
+    try:
+        # Among them a token Redis does not know: that one alone goes to chatcore.
+        answers = await asyncio.gather(
+            *(auth.user(token) for token in tokens[:4]),
+            auth.user("a-token-nobody-has"),
+            *(auth.user(token) for token in tokens[4:]),
+            return_exceptions=True,
+        )
+    finally:
+        direct.pipeline = make_pipeline  # type: ignore[method-assign]
+        for token in tokens:
+            await direct.delete(keys.session(hashlib.sha256(token.encode()).hexdigest()))
+    refusal = answers.pop(4)
+    assert isinstance(refusal, ApiError) and refusal.status == 401
+    assert chatcore.asked == 1
+    assert [(user.id, user.username) for user in answers] == [(10 + n, f"u{n}") for n in range(8)]
+    assert pipelines == 1
+
+
+async def test_lookups_fall_back_to_chatcore_when_redis_fails_them(rig):
+    _, _, direct, _, auth, chatcore = rig
+
+    def broken(*args, **kwargs):
+        raise RedisConnectionError("Redis is down")
+
+    make_pipeline = direct.pipeline
+    direct.pipeline = broken  # type: ignore[method-assign]
+    try:
+        answers = await asyncio.gather(refused(auth), refused(auth))
+    finally:
+        direct.pipeline = make_pipeline  # type: ignore[method-assign]
+    # chatcore decided, for each request: here, that the session is gone.
+    assert answers == [True, True] and chatcore.asked == 2
