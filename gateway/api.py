@@ -11,8 +11,6 @@ import json
 from gateway.auth import COOKIE, request_token
 from gateway.base import GatewayHandler
 from gateway.limits import Rate
-from gateway.sending import send_messages
-from longtail.errors import ApiError
 from longtail.validate import field_str, query_int
 
 
@@ -93,18 +91,7 @@ class Friend(GatewayHandler):
 
 
 class Messages(GatewayHandler):
-    async def post(self) -> None:
-        user = await self.current_user_or_401()
-        try:
-            body = self.json_body()
-        except ApiError as exc:
-            self.services.metrics.sends.labels(exc.code).inc()
-            raise
-        (outcome,) = await send_messages(self.services, user, [body])
-        if isinstance(outcome, ApiError):
-            raise outcome
-        status, message = outcome
-        await self.respond(json.dumps({"message": message}, ensure_ascii=False).encode(), status)
+    """POST takes the lean path (gateway.lean_send); any other method is a 405 here."""
 
 
 class Conversations(GatewayHandler):

@@ -23,6 +23,7 @@ from gateway.catchup import Catchup
 from gateway.chatcore_client import ChatcoreClient
 from gateway.health import Healthz, Metrics, Readyz
 from gateway.hub import Hub
+from gateway.lean_send import LeanSend
 from gateway.limits import ConnectionLimits, RateLimiter
 from gateway.metrics import GatewayMetrics
 from gateway.presence import Presence
@@ -30,7 +31,7 @@ from gateway.session_cache import SessionCache
 from gateway.shards import Shards, SingleShard, shards_for
 from gateway.transports.iframe import ForeverIframe
 from gateway.transports.jsonp import JsonpPoll
-from gateway.transports.lean import EventsApplication, HeldFactory, HeldJsonp, HeldPoll
+from gateway.transports.lean import EventsApplication, HeldJsonp, HeldPoll, LeanFactory
 from gateway.transports.lean_stream import HeldEventStream
 from gateway.transports.longpoll import LongPoll
 from gateway.transports.multipart import MultipartStream
@@ -141,12 +142,14 @@ def make_app(services: Services, sockets: set[HeldSocket] | None = None) -> torn
     ]
     # Held GET polls, SSE streams and WebSockets skip the RequestHandler
     # (gateway.transports.lean, lean_stream, websocket): most of their life is idle,
-    # and a handler's per-request state doubles what an idle one costs.
-    lean: dict[str, HeldFactory] = {
-        "/api/events": HeldPoll,
-        "/api/events/jsonp": HeldJsonp,
-        "/api/events/stream": HeldEventStream,
-        "/api/events/ws": partial(HeldSocket, sockets=sockets),
+    # and a handler's per-request state doubles what an idle one costs. So does the
+    # POST of a message (gateway.lean_send), the request a gateway answers most.
+    lean: dict[tuple[str, str], LeanFactory] = {
+        ("GET", "/api/events"): HeldPoll,
+        ("GET", "/api/events/jsonp"): HeldJsonp,
+        ("GET", "/api/events/stream"): HeldEventStream,
+        ("GET", "/api/events/ws"): partial(HeldSocket, sockets=sockets),
+        ("POST", "/api/messages"): LeanSend,
     }
     return EventsApplication(
         services,

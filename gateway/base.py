@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 import tornado.web
+from tornado.httputil import HTTPServerRequest
 from tornado.log import access_log
 
 from gateway.auth import Authenticator, User, request_token
@@ -22,7 +23,7 @@ from gateway.presence import Presence
 from longtail.errors import ApiError
 from longtail.logs import REQUEST_ID_HEADER, begin_request
 from longtail.settings import Settings
-from longtail.web import MAX_JSON_DEPTH, JsonHandler
+from longtail.web import MAX_JSON_DEPTH, JsonHandler, body_object
 
 
 @dataclass
@@ -122,36 +123,15 @@ class GatewayHandler(JsonHandler):
             self._chunks.append(chunk)
 
     def json_body(self, max_depth: int = MAX_JSON_DEPTH) -> dict[str, Any]:
-        limit = self.services.settings.max_request_bytes
-        if self._size > limit:
-            raise ApiError(413, "body_too_large", f"The request body is over {limit} bytes.")
-        # Cookie-authenticated writes must be JSON: a cross-site HTML form cannot send
-        # application/json without a CORS preflight, which we never grant (CSRF).
-        if _media_type(self.request.headers.get("Content-Type", "")) != JSON_TYPE:
-            raise ApiError(415, "unsupported_media_type", "Send the body as application/json.")
-        self.request.body = b"".join(self._chunks)
-        return super().json_body(max_depth)
+        return json_body(self.request, self._chunks, self._size, self.services.settings, max_depth)
 
     async def current_user_or_401(self) -> User:
         token = request_token(self.request)
         if token is None and self.query_token:
             token = self.get_query_argument("token", None)
-        self.refuse_forms()
-        user = await self.services.auth.user(token)
-        # Checked before the request does anything, so a bad header changes nothing.
-        self._piggyback = parse_cursor(self.request.headers.get(PIGGYBACK_HEADER))
+        user, self._piggyback = await authenticate(self.services, self.request, token)
         self._user = user
         return user
-
-    def refuse_forms(self) -> None:
-        """CSRF: a write whose body type is not JSON is refused, whether or not the
-        handler reads a body (logout and leaving a room have none). Checked once the
-        body is in, so even a client still uploading gets the 415."""
-        if self.request.method in ("GET", "HEAD", "OPTIONS"):
-            return
-        content_type = self.request.headers.get("Content-Type")
-        if content_type is not None and _media_type(content_type) in FORM_TYPES:
-            raise ApiError(415, "unsupported_media_type", "Send the body as application/json.")
 
     async def relay(
         self, method: str, path: str, *, body: Any = None, params: dict[str, Any] | None = None
@@ -163,17 +143,69 @@ class GatewayHandler(JsonHandler):
     async def respond(self, raw: bytes, status: int = 200) -> None:
         """Finish with a JSON object body; a client that sent its cursor in
         X-Longtail-Cursor also gets the events it has missed, under "piggyback"."""
-        if self._piggyback is not None and self._user is not None and raw.startswith(b"{"):
-            try:
-                events = await self.services.catchup.after(self._user.id, self._piggyback)
-                cursor = events[-1].seq if events else self._piggyback
-                extra = events_json(events, cursor)
-            except ApiError as exc:
-                extra = json.dumps(exc.body()).encode()
-            rest = raw[1:].lstrip()
-            raw = b'{"piggyback":%s%s%s' % (extra, b"" if rest.startswith(b"}") else b",", rest)
+        if self._piggyback is not None and self._user is not None:
+            raw = await piggybacked(self.services, self._user, self._piggyback, raw)
         self.set_status(status)
         self.finish(raw)
+
+
+# -- what a request answered without a RequestHandler shares (gateway.lean_send) -------
+
+
+async def authenticate(
+    services: Services, request: HTTPServerRequest, token: str | None
+) -> tuple[User, int | None]:
+    """The checks every API request makes first, in this order: no cross-site form
+    (CSRF), then the session (401), then the piggyback cursor (400), checked before the
+    request does anything so that a bad header changes nothing. The user, the cursor."""
+    refuse_forms(request)
+    user = await services.auth.user(token)
+    return user, parse_cursor(request.headers.get(PIGGYBACK_HEADER))
+
+
+def refuse_forms(request: HTTPServerRequest) -> None:
+    """CSRF: a write whose body type is not JSON is refused, whether or not the
+    handler reads a body (logout and leaving a room have none). Checked once the
+    body is in, so even a client still uploading gets the 415."""
+    if request.method in ("GET", "HEAD", "OPTIONS"):
+        return
+    content_type = request.headers.get("Content-Type")
+    if content_type is not None and _media_type(content_type) in FORM_TYPES:
+        raise ApiError(415, "unsupported_media_type", "Send the body as application/json.")
+
+
+def json_body(
+    request: HTTPServerRequest,
+    chunks: list[bytes],
+    size: int,
+    settings: Settings,
+    max_depth: int = MAX_JSON_DEPTH,
+) -> dict[str, Any]:
+    """The streamed body (`size` bytes, kept in `chunks` up to the limit) as a JSON
+    object, or the 413, 415 or 400 that says what is wrong with it."""
+    limit = settings.max_request_bytes
+    if size > limit:
+        raise ApiError(413, "body_too_large", f"The request body is over {limit} bytes.")
+    # Cookie-authenticated writes must be JSON: a cross-site HTML form cannot send
+    # application/json without a CORS preflight, which we never grant (CSRF).
+    if _media_type(request.headers.get("Content-Type", "")) != JSON_TYPE:
+        raise ApiError(415, "unsupported_media_type", "Send the body as application/json.")
+    request.body = b"".join(chunks)
+    return body_object(request.body, max_depth)
+
+
+async def piggybacked(services: Services, user: User, cursor: int, raw: bytes) -> bytes:
+    """A JSON object answer with the events after `cursor` put in front, under
+    "piggyback" (or the error that kept them, in the same place)."""
+    if not raw.startswith(b"{"):
+        return raw
+    try:
+        events = await services.catchup.after(user.id, cursor)
+        extra = events_json(events, events[-1].seq if events else cursor)
+    except ApiError as exc:
+        extra = json.dumps(exc.body()).encode()
+    rest = raw[1:].lstrip()
+    return b'{"piggyback":%s%s%s' % (extra, b"" if rest.startswith(b"}") else b",", rest)
 
 
 def _media_type(content_type: str) -> str:

@@ -1,13 +1,16 @@
 """Sending messages for a user: the rate limit, the batched hop to chatcore, the count.
 
-One path for both ways a browser sends: `POST /api/messages` (gateway.api) and `send`
-frames on its WebSocket (gateway.transports.websocket), so both meet the same limit and
-the same rules, which chatcore decides.
+One path for both ways a browser sends: `POST /api/messages` (gateway.lean_send, and
+gateway.api for a gateway built without the lean path) and `send` frames on its
+WebSocket (gateway.transports.websocket), so both meet the same limit and the same
+rules, which chatcore decides.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from gateway.auth import User
@@ -53,3 +56,20 @@ async def _outcome(services: Services, user: User, body: Any) -> Outcome:
         return await services.chatcore.send(user.id, body)
     except ApiError as exc:
         return exc
+
+
+async def send_posted(
+    services: Services, user: User, read_body: Callable[[], Any]
+) -> tuple[int, bytes]:
+    """`POST /api/messages` once the user is known: the status (201, or 200 for a retry)
+    and the JSON answer; the body's or chatcore's refusal raised as an ApiError."""
+    try:
+        body = read_body()
+    except ApiError as exc:
+        services.metrics.sends.labels(exc.code).inc()
+        raise
+    (outcome,) = await send_messages(services, user, [body])
+    if isinstance(outcome, ApiError):
+        raise outcome
+    status, message = outcome
+    return status, json.dumps({"message": message}, ensure_ascii=False).encode()

@@ -47,10 +47,7 @@ class JsonHandler(tornado.web.RequestHandler):
 
     def json_body(self, max_depth: int = MAX_JSON_DEPTH) -> dict[str, Any]:
         """The request body as a JSON object, or a 400 that says what is wrong with it."""
-        raw = self.request.body
-        if not raw:
-            raise bad_request("The request needs a JSON object body.", "invalid_json")
-        return json_object(raw, max_depth)
+        return body_object(self.request.body, max_depth)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -83,6 +80,13 @@ class JsonHandler(tornado.web.RequestHandler):
             )
             return
         super().log_exception(typ, value, tb)
+
+
+def body_object(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> dict[str, Any]:
+    """A request body that must be a JSON object, or a 400 saying why not."""
+    if not raw:
+        raise bad_request("The request needs a JSON object body.", "invalid_json")
+    return json_object(raw, max_depth)
 
 
 def json_object(raw: bytes | str, max_depth: int = MAX_JSON_DEPTH) -> dict[str, Any]:

@@ -19,12 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import functools
 import hashlib
 import json
-import logging
 import re
-import time
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -34,34 +31,28 @@ from tornado.escape import utf8
 from tornado.http1connection import HTTP1Connection
 
 from gateway.auth import User, request_token
-from gateway.base import PIGGYBACK_HEADER, Services, log_access, redact_uri
+from gateway.base import PIGGYBACK_HEADER, Services
 from gateway.cursors import events_json, parse_cursor, script_safe, valid_callback
 from gateway.feed import Closed, Feed
 from gateway.hub import Channel
+from gateway.lean_request import JAVASCRIPT, JSON_TYPE, LeanRequest
 from gateway.metrics import POLLS
 from gateway.transports import new_feed
 from gateway.transports.longpoll import poll_timeout
 from longtail.errors import ApiError
 from longtail.logs import REQUEST_ID_HEADER, begin_request
-from longtail.web import STATUS_CODES
 from longtail.wire import Event
 
-log = logging.getLogger("longtail.gateway")
-api_log = logging.getLogger("longtail.web")
-
-JAVASCRIPT = "application/javascript; charset=utf-8"
 # An empty context, shared by every idle poll's timer (see HeldPoll._step).
 IDLE_CONTEXT = contextvars.Context()
-JSON_TYPE = "application/json; charset=utf-8"
 # What RequestHandler.get_query_argument does to a value (tornado.web).
 CONTROL_CHARS = re.compile(r"[\x00-\x08\x0e-\x1f]")
 ETAGS = re.compile(rb'\*|(?:W/)?"[^"]*"')
-SERVER = f"TornadoServer/{tornado.version}"
 
 
 Query = dict[str, list[bytes]]
-# What EventsApplication makes a held request with: a HeldPoll class, or a partial of one.
-HeldFactory = Callable[[Services, HTTP1Connection], "HeldPoll"]
+# What EventsApplication makes a lean request with: a LeanRequest class, or a partial of one.
+LeanFactory = Callable[[Services, HTTP1Connection], LeanRequest]
 
 
 def query_argument(query: Query, name: str) -> str | None:
@@ -77,40 +68,32 @@ def query_argument(query: Query, name: str) -> str | None:
     return CONTROL_CHARS.sub(" ", text).strip()
 
 
-class HeldPoll(httputil.HTTPMessageDelegate):
+class HeldPoll(LeanRequest):
     """One GET long-poll, from its request to its answer."""
 
     __slots__ = (
         "_admitted",
         "_again",
         "_channel",
-        "_conn",
         "_deadline",
         "_feed",
         "_if_none_match",
-        "_ip",
         "_over",
         "_request",
-        "_request_id",
-        "_started",
         "_task",
         "_timer",
-        "_uri",
-        "services",
     )
     transport = "longpoll"
     query_token = False
 
     def __init__(self, services: Services, conn: HTTP1Connection) -> None:
-        self.services = services
-        self._conn = conn
+        super().__init__(services, conn)
         self._request: httputil.HTTPServerRequest | None = None
         self._feed: Feed | None = None
         # The hub's handle while registered (Hub.join), None before and after.
         self._channel: Channel | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._admitted = False
-        self._request_id = ""
         self._deadline = 0.0
         # The step running now, if any: asyncio keeps only weak references to tasks.
         # Steps never overlap: two at once could both answer, and the second answer,
@@ -129,13 +112,7 @@ class HeldPoll(httputil.HTTPMessageDelegate):
         start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
         headers: httputil.HTTPHeaders,
     ) -> None:
-        assert isinstance(start_line, httputil.RequestStartLine)  # a server's delegate
-        self._request = httputil.HTTPServerRequest(
-            connection=self._conn, start_line=start_line, headers=headers
-        )
-        self._started = time.time()
-        self._uri = start_line.path
-        self._ip = self._request.remote_ip or ""
+        self._request = self._arrived(start_line, headers)
         self._if_none_match = headers.get("If-None-Match")
 
     def data_received(self, chunk: bytes) -> None:
@@ -341,76 +318,6 @@ class HeldPoll(httputil.HTTPMessageDelegate):
             del headers["Content-Type"]
         self._send(status, headers, body)
 
-    def _headers(self, content_type: str) -> httputil.HTTPHeaders:
-        """The headers JsonHandler sets on every answer, and the request id."""
-        headers = httputil.HTTPHeaders(
-            {
-                "Server": SERVER,
-                "Content-Type": content_type,
-                "Date": http_date(int(time.time())),
-                "Cache-Control": "no-store",
-                "X-Content-Type-Options": "nosniff",
-            }
-        )
-        if self._request_id:
-            headers[REQUEST_ID_HEADER] = self._request_id
-        return headers
-
-    def _error(self, exc: Exception) -> None:
-        """JsonHandler.write_error and GatewayHandler.log_exception, as on the handler path."""
-        if isinstance(exc, ApiError):
-            api_log.info("GET %s -> %d %s", self._uri.partition("?")[0], exc.status, exc.code)
-        else:
-            log.error(
-                "Uncaught exception GET %s",
-                redact_uri(self._uri),
-                exc_info=(type(exc), exc, exc.__traceback__),
-            )
-        custom = self.error_body(exc)
-        if custom is not None:
-            status = exc.status if isinstance(exc, ApiError) else 500
-            # Tornado's send_error cleared the headers first: no request id here.
-            headers = self._headers(JAVASCRIPT)
-            del headers[REQUEST_ID_HEADER]
-            self._send(status, headers, custom)
-            return
-        headers = self._headers(JSON_TYPE)
-        if isinstance(exc, ApiError):
-            status = exc.status
-            for name, value in exc.headers.items():
-                headers[name] = value
-            payload = exc.body()
-        elif isinstance(exc, tornado.web.HTTPError) and exc.status_code < 500:
-            status = exc.status_code
-            reason = httputil.responses.get(status, "Unknown")
-            code = STATUS_CODES.get(status, "error")
-            payload = {"error": {"code": code, "message": exc.log_message or reason}}
-        else:
-            status = exc.status_code if isinstance(exc, tornado.web.HTTPError) else 500
-            payload = {
-                "error": {
-                    "code": STATUS_CODES.get(status, "error"),
-                    "message": "Something went wrong on our side.",
-                }
-            }
-        self._send(status, headers, json.dumps(payload, separators=(",", ":")).encode())
-
-    def error_body(self, exc: Exception) -> bytes | None:
-        """A transport's own error body (JSONP calls its callback); None: the JSON one."""
-        return None
-
-    def _send(self, status: int, headers: httputil.HTTPHeaders, body: bytes) -> None:
-        if status != 304:
-            headers["Content-Length"] = str(len(body))
-        start = httputil.ResponseStartLine("", status, httputil.responses.get(status, "Unknown"))
-        self._conn.set_close_callback(None)
-        self._conn.write_headers(start, headers, body)
-        self._conn.finish()
-        self._log(status)
-
-    def _log(self, status: int) -> None:
-        log_access(status, "GET", self._uri, self._ip, time.time() - self._started)
-
 
 class HeldJsonp(HeldPoll):
     """JsonpPoll's contract: `/**/NAME({...});`, errors too once the name is known."""
@@ -436,13 +343,6 @@ class HeldJsonp(HeldPoll):
 
     def _call(self, payload: bytes) -> bytes:
         return b"/**/%s(%s);" % (self.callback.encode(), script_safe(payload))
-
-
-@functools.lru_cache(maxsize=1)
-def http_date(second: int) -> str:
-    """The Date header for this second, formatted once: thousands of answers a second
-    share it (formatting each took 1% of an interval poll's CPU)."""
-    return httputil.format_timestamp(second)
 
 
 def _etag_matches(etag: str, if_none_match: str | None) -> bool:
@@ -473,10 +373,15 @@ def _shed(headers: httputil.HTTPHeaders) -> None:
 
 
 class EventsApplication(tornado.web.Application):
-    """The gateway's Application: GETs on the poll paths take the lean path."""
+    """The gateway's Application: the requests named in `lean`, by method and path,
+    take the lean path (held GETs on the poll paths, a message's POST)."""
 
     def __init__(
-        self, services: Services, lean: dict[str, HeldFactory], *args: Any, **kwargs: Any
+        self,
+        services: Services,
+        lean: dict[tuple[str, str], LeanFactory],
+        *args: Any,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self._services = services
@@ -489,7 +394,7 @@ class EventsApplication(tornado.web.Application):
 
 
 class _Dispatch(httputil.HTTPMessageDelegate):
-    """Chooses, from the request line, between a lean HeldPoll and Tornado's routing."""
+    """Chooses, from the request line, between a LeanRequest and Tornado's routing."""
 
     __slots__ = ("_app", "_conn", "_server_conn", "_target")
 
@@ -508,8 +413,8 @@ class _Dispatch(httputil.HTTPMessageDelegate):
     ) -> Any:
         assert isinstance(start_line, httputil.RequestStartLine)
         app = self._app
-        lean = app._lean.get(start_line.path.partition("?")[0])
-        if lean is not None and start_line.method == "GET":
+        lean = app._lean.get((start_line.method, start_line.path.partition("?")[0]))
+        if lean is not None:
             self._target = lean(app._services, cast(HTTP1Connection, self._conn))
         else:
             self._target = tornado.web.Application.start_request(app, self._server_conn, self._conn)
