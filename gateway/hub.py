@@ -234,13 +234,17 @@ class Hub:
     async def stop(self) -> None:
         self._started = False
         tasks = [self._watchdog, self._placer] + [s.reader for s in self._by_name.values()]
-        for task in tasks:
-            if task is not None:
-                task.cancel()
-        for task in tasks:
-            if task is not None:
-                with suppress(asyncio.CancelledError):
-                    await task
+        live = [task for task in tasks if task is not None]
+        for task in live:
+            task.cancel()
+        if live:
+            # wait, not `await task` under suppress(CancelledError): that also swallowed
+            # a cancellation of stop() itself, which then went on as if not cancelled.
+            await asyncio.wait(live)
+        for task in live:
+            error = None if task.cancelled() else task.exception()
+            if error is not None:
+                raise error
         for shard in self._by_name.values():
             await self._close_pubsub(shard)
         await self._shards.aclose()

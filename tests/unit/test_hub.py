@@ -205,3 +205,18 @@ async def test_stop_ends_the_watchdog_even_when_its_ping_answers_as_it_is_cancel
     await asyncio.wait_for(stopping[0], 5)
     readers = [t for t in asyncio.all_tasks() if t.get_name() == "hub-reader"]
     assert all(t.done() for t in readers), "no reader outlives stop()"
+
+
+async def test_a_stop_that_is_cancelled_says_so(redis_factory, redis_prefix):
+    """Cancelling stop() while it waits for its tasks cancels stop(); it used to wait
+    under suppress(CancelledError), which swallowed its own cancellation too."""
+    hub = Hub(SingleShard(redis_factory()), Keys(redis_prefix), unsubscribe_grace=0.1)
+    await hub.start()
+    assert await hub.wait_healthy(5)
+    stopping = asyncio.create_task(hub.stop())
+    await asyncio.sleep(0)  # stop() has cancelled its tasks and waits for them now
+    stopping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stopping
+    assert stopping.cancelled()
+    await hub.stop()  # a second stop() finishes the job
