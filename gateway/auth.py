@@ -6,8 +6,8 @@ What Redis said is kept in the process while this gateway would hear the logout
 (gateway.session_cache), so a client polling here costs a lookup every few seconds, not
 one per request. Lookups that are not kept (a client that only sends here, its streams
 held by another gateway) are batched: those that arrive while one round trip is out
-share the next (longtail.batching), which took the sending gateway's CPU per POST down
-by a tenth (issue 5).
+share the next (longtail.batching). With closed-loop senders, whose requests come back
+together, that cut the sending gateway's CPU per POST by about 30% (issue 5).
 """
 
 from __future__ import annotations

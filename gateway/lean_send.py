@@ -1,12 +1,12 @@
-"""POST /api/messages without a RequestHandler: the gateway's most frequent request.
+"""POST /api/messages without a RequestHandler: behind every message sent over SSE,
+long-polls or any transport but the WebSocket.
 
-Why: a message sent over POST (every transport but the WebSocket sends this way) cost
-the sending gateway about twice what a WebSocket `send` frame did, and Tornado's
-handler machinery was the largest part of the difference (issue 5's profile). The
-contract is the handler path's, answer for answer: the same checks in the same order
-(gateway.base.authenticate and json_body), the same statuses, JSON errors, headers,
-piggybacked events, access log line and metrics; the sending itself is
-gateway.sending's, shared with WebSocket sends.
+Why: a message sent over POST cost the sending gateway about twice what a WebSocket
+`send` frame did, and Tornado's handler machinery was the largest part of the
+difference (issue 5's profile). The contract is the handler path's, answer for answer:
+the same checks in the same order (gateway.base.authenticate and json_body), the same
+statuses, JSON errors, headers, piggybacked events, access log line and metrics; the
+sending itself is gateway.sending's, shared with WebSocket sends.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """Sending messages for a user: the rate limit, the batched hop to chatcore, the count.
 
-One path for both ways a browser sends: `POST /api/messages` (gateway.lean_send, and
-gateway.api for a gateway built without the lean path) and `send` frames on its
-WebSocket (gateway.transports.websocket), so both meet the same limit and the same
-rules, which chatcore decides.
+One path for both ways a browser sends: `POST /api/messages` (gateway.lean_send) and
+`send` frames on its WebSocket (gateway.transports.websocket), so both meet the same
+limit and the same rules, which chatcore decides.
 """
 
 from __future__ import annotations
