@@ -43,28 +43,33 @@ def http_date(second: int) -> str:
 class LeanRequest(httputil.HTTPMessageDelegate):
     """One request of `method`, answered once with `_send` or `_error`."""
 
-    __slots__ = ("_conn", "_ip", "_request_id", "_started", "_uri", "services")
+    __slots__ = ("_conn", "_ip", "_request", "_request_id", "_started", "_uri", "services")
     method = "GET"
 
     def __init__(self, services: Services, conn: HTTP1Connection) -> None:
         self.services = services
         self._conn = conn
+        # The parsed request, until the work no longer needs it.
+        self._request: httputil.HTTPServerRequest | None = None
         self._request_id = ""  # set by begin_request in the request's task
 
-    def _arrived(
+    def headers_received(
         self,
         start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
         headers: httputil.HTTPHeaders,
-    ) -> httputil.HTTPServerRequest:
-        """The parsed request; what the access log needs is noted now."""
+    ) -> None:
+        """Parse the request; what the access log needs is noted now."""
         assert isinstance(start_line, httputil.RequestStartLine)  # a server's delegate
-        request = httputil.HTTPServerRequest(
+        self._request = request = httputil.HTTPServerRequest(
             connection=self._conn, start_line=start_line, headers=headers
         )
         self._started = time.time()
         self._uri = start_line.path
         self._ip = request.remote_ip or ""
-        return request
+        self.noted(headers)
+
+    def noted(self, headers: httputil.HTTPHeaders) -> None:
+        """Headers a subclass needs after the request itself is let go."""
 
     def _headers(self, content_type: str) -> httputil.HTTPHeaders:
         """The headers JsonHandler sets on every answer, and the request id."""

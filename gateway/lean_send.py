@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 
-from tornado import httputil
 from tornado.http1connection import HTTP1Connection
 
 from gateway.auth import request_token
@@ -26,23 +25,15 @@ from longtail.logs import REQUEST_ID_HEADER, begin_request
 class LeanSend(LeanRequest):
     """One POST of a message, from its request to its answer."""
 
-    __slots__ = ("_chunks", "_request", "_size", "_task")
+    __slots__ = ("_chunks", "_size", "_task")
     method = "POST"
 
     def __init__(self, services: Services, conn: HTTP1Connection) -> None:
         super().__init__(services, conn)
-        self._request: httputil.HTTPServerRequest | None = None
         self._chunks: list[bytes] = []
         self._size = 0
         # asyncio keeps only weak references to tasks.
         self._task: asyncio.Future[None] | None = None
-
-    def headers_received(
-        self,
-        start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
-        headers: httputil.HTTPHeaders,
-    ) -> None:
-        self._request = self._arrived(start_line, headers)
 
     def data_received(self, chunk: bytes) -> None:
         """Kept up to the limit and counted past it (the 413 comes once it is all in)."""

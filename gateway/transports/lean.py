@@ -79,7 +79,6 @@ class HeldPoll(LeanRequest):
         "_feed",
         "_if_none_match",
         "_over",
-        "_request",
         "_task",
         "_timer",
     )
@@ -88,7 +87,6 @@ class HeldPoll(LeanRequest):
 
     def __init__(self, services: Services, conn: HTTP1Connection) -> None:
         super().__init__(services, conn)
-        self._request: httputil.HTTPServerRequest | None = None
         self._feed: Feed | None = None
         # The hub's handle while registered (Hub.join), None before and after.
         self._channel: Channel | None = None
@@ -107,12 +105,7 @@ class HeldPoll(LeanRequest):
 
     # -- HTTPMessageDelegate: the request arrives --------------------------------------
 
-    def headers_received(
-        self,
-        start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
-        headers: httputil.HTTPHeaders,
-    ) -> None:
-        self._request = self._arrived(start_line, headers)
+    def noted(self, headers: httputil.HTTPHeaders) -> None:
         self._if_none_match = headers.get("If-None-Match")
 
     def data_received(self, chunk: bytes) -> None:
