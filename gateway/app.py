@@ -143,7 +143,7 @@ def make_app(services: Services, sockets: set[HeldSocket] | None = None) -> torn
     # Held GET polls, SSE streams and WebSockets skip the RequestHandler
     # (gateway.transports.lean, lean_stream, websocket): most of their life is idle,
     # and a handler's per-request state doubles what an idle one costs. So does the
-    # POST of a message (gateway.lean_send), the request a gateway answers most.
+    # POST of a message (gateway.lean_send), for the CPU each send costs.
     lean: dict[tuple[str, str], LeanFactory] = {
         ("GET", "/api/events"): HeldPoll,
         ("GET", "/api/events/jsonp"): HeldJsonp,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -85,23 +85,28 @@ class GatewayMetrics:
 
     def holding(self, transport: str) -> Gauge:
         """The held-connections gauge of one transport."""
-        gauge = self._held.get(transport)
-        if gauge is None:
-            gauge = self._held[transport] = self.held.labels(transport)
-        return gauge
+        return _child(self._held, self.held, transport)
 
     def wrote(self, transport: str, events: list[Event]) -> None:
         """Count events written to a client and how long they took from the publish."""
         if not events:
             return
-        counter = self._delivered.get(transport)
-        if counter is None:
-            counter = self._delivered[transport] = self.delivered.labels(transport)
-        counter.inc(len(events))
+        _child(self._delivered, self.delivered, transport).inc(len(events))
         now = time.time()
         for event in events:
             if event.published is not None:
                 self.latency.observe(max(0.0, now - event.published))
+
+
+M = TypeVar("M", Gauge, Counter)
+
+
+def _child(children: dict[str, M], metric: M, label: str) -> M:
+    """`metric.labels(label)`, looked up once and kept in `children`."""
+    child = children.get(label)
+    if child is None:
+        child = children[label] = metric.labels(label)
+    return child
 
 
 class _HubCollector(Collector):
