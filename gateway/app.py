@@ -246,6 +246,9 @@ class Gateway:
         Whatever is still open after LONGTAIL_DRAIN_SECONDS is cut. WebSockets are cut
         as soon as none is held: their close frame is out, and one whose client does
         not answer it would otherwise stay open for CLOSE_WAIT, past this stop().
+        Requests being worked on (a send on its way to chatcore) are answered before
+        connections close, within the same deadline; Redis and the hop to chatcore
+        close only after that work has ended or been cancelled.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.drain_seconds
@@ -263,12 +266,18 @@ class Gateway:
         # Detached from the server when they upgraded: close_all_connections cannot.
         for held_socket in list(self.sockets):
             held_socket.cut()
+        services = self.services
+        cancelled = await services.inflight.settle(deadline - loop.time())
+        if cancelled:
+            log.warning("cancelled %d request(s) still working at the drain deadline", cancelled)
         if self.server is not None:
             with suppress(TimeoutError):
                 async with asyncio.timeout(max(0.1, deadline - loop.time())):
                     await self.server.close_all_connections()
         await self.presence.stop()
         await self.hub.stop()
+        await services.auth.aclose()
+        await services.rates.aclose()
         await self.chatcore.close()
         await self.redis.aclose()
 

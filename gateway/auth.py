@@ -60,6 +60,10 @@ class Authenticator:
         # Session key -> (the cached session or None, its PTTL in ms).
         self._lookups: Batcher[str, tuple[bytes | None, int]] = Batcher(self._look_up)
 
+    async def aclose(self) -> None:
+        """Shutdown: no lookup left running on the Redis client about to close."""
+        await self._lookups.aclose()
+
     async def user(self, token: str | None) -> User:
         """The token's user, or a 401."""
         if not token:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -17,6 +18,7 @@ from gateway.catchup import Catchup
 from gateway.chatcore_client import ChatcoreClient
 from gateway.cursors import events_json, parse_cursor
 from gateway.hub import Hub
+from gateway.inflight import InFlight
 from gateway.limits import ConnectionLimits, RateLimiter
 from gateway.metrics import GatewayMetrics
 from gateway.presence import Presence
@@ -40,6 +42,7 @@ class Services:
     rates: RateLimiter
     connections: ConnectionLimits
     draining: bool = False
+    inflight: InFlight = field(default_factory=InFlight)
 
 
 log = logging.getLogger("longtail.gateway")
@@ -96,6 +99,10 @@ class GatewayHandler(JsonHandler):
         self._size = 0
 
     def prepare(self) -> None:
+        # The task Tornado runs this request in: shutdown lets it finish.
+        task = asyncio.current_task()
+        if task is not None:
+            self.services.inflight.join(task)
         self.set_header(
             REQUEST_ID_HEADER, begin_request(self.request.headers.get(REQUEST_ID_HEADER))
         )

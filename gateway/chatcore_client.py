@@ -67,6 +67,7 @@ class ChatcoreClient:
         )
 
     async def close(self) -> None:
+        await self._sends.aclose()
         if self._session is not None:
             await self._session.close()
 

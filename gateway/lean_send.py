@@ -11,8 +11,6 @@ sending itself is gateway.sending's, shared with WebSocket sends.
 
 from __future__ import annotations
 
-import asyncio
-
 from tornado.http1connection import HTTP1Connection
 
 from gateway.auth import request_token
@@ -25,15 +23,13 @@ from longtail.logs import REQUEST_ID_HEADER, begin_request
 class LeanSend(LeanRequest):
     """One POST of a message, from its request to its answer."""
 
-    __slots__ = ("_chunks", "_size", "_task")
+    __slots__ = ("_chunks", "_size")
     method = "POST"
 
     def __init__(self, services: Services, conn: HTTP1Connection) -> None:
         super().__init__(services, conn)
         self._chunks: list[bytes] = []
         self._size = 0
-        # asyncio keeps only weak references to tasks.
-        self._task: asyncio.Future[None] | None = None
 
     def data_received(self, chunk: bytes) -> None:
         """Kept up to the limit and counted past it (the 413 comes once it is all in)."""
@@ -42,7 +38,7 @@ class LeanSend(LeanRequest):
             self._chunks.append(chunk)
 
     def finish(self) -> None:
-        self._task = asyncio.ensure_future(self._run())
+        self.services.inflight.start(self._run())
 
     def on_connection_close(self) -> None:
         """Gone while still sending its request: nothing was started. Gone later: the
@@ -68,5 +64,3 @@ class LeanSend(LeanRequest):
             self._error(exc)
         else:
             self._send(status, self._headers(JSON_TYPE), answer)
-        finally:
-            self._task = None

@@ -58,6 +58,10 @@ class RateLimiter:
         self._keys = keys
         self._counts: Batcher[tuple[str, int, int], tuple[int, int]] = Batcher(self._count)
 
+    async def aclose(self) -> None:
+        """Shutdown: no check left running on the Redis client about to close."""
+        await self._counts.aclose()
+
     async def hit(self, rate: Rate, subject: str) -> None:
         """Count one use of `rate` by `subject`; a 429 with Retry-After past the limit."""
         allowed, refusal = await self.take(rate, subject, 1)

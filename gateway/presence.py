@@ -39,6 +39,7 @@ class Presence:
         self._gateway = hub.gateway_id
         self._task: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
+        self._stopped = False
         hub.on_arrive = lambda user_id: self._spawn(self._arrive(user_id))
         hub.on_leave = lambda user_id: self._spawn(self._leave(user_id))
 
@@ -60,12 +61,17 @@ class Presence:
         self._task = asyncio.create_task(self._refresh_forever())
 
     async def stop(self) -> None:
+        self._stopped = True
         tasks = [t for t in (self._task, *self._pending) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        if self._stopped:
+            # Stopping (the Redis client is about to close): the entry expires by itself.
+            work.close()
+            return
         task = asyncio.get_running_loop().create_task(work)
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)

@@ -85,6 +85,14 @@ class Batcher(Generic[T, R]):
             # queue empty must see this task gone, or it would wait for nobody.
             self._task = None
 
+    async def aclose(self) -> None:
+        """Shutdown, once callers are done: cancel a batch still running (one whose
+        callers gave up) and wait for it, so it uses nothing closed after this."""
+        task = self._task
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])
+
     @property
     def busy(self) -> bool:
         """A batch is running or queued (shutdown waits for it)."""

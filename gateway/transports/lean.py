@@ -93,7 +93,7 @@ class HeldPoll(LeanRequest):
         self._timer: asyncio.TimerHandle | None = None
         self._admitted = False
         self._deadline = 0.0
-        # The step running now, if any: asyncio keeps only weak references to tasks.
+        # The step running now, if any.
         # Steps never overlap: two at once could both answer, and the second answer,
         # left on a kept-alive connection, is read by the next request on it (another
         # user's, behind a proxy that pools its upstream connections).
@@ -114,7 +114,7 @@ class HeldPoll(LeanRequest):
     def finish(self) -> None:
         # Like a stream_request_body handler's get(): once the whole request is in.
         self._conn.set_close_callback(self._gone)
-        self._task = asyncio.ensure_future(self._run(self._start()))
+        self._task = self.services.inflight.start(self._run(self._start()))
 
     def on_connection_close(self) -> None:
         """Gone while still sending its request: nothing was started."""
@@ -226,7 +226,7 @@ class HeldPoll(LeanRequest):
         if self._task is not None:
             self._again = True
             return
-        self._task = asyncio.ensure_future(self._run(self._resume()))
+        self._task = self.services.inflight.start(self._run(self._resume()))
 
     def _gone(self) -> None:
         """The client left. Held: its mailbox closes, which wakes the request to leave.

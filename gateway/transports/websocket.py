@@ -127,7 +127,7 @@ class HeldSocket(HeldStream):
         self._message_text = False  # ... and whether it is text
         self._held = False  # admitted: from here on, failures close the socket
         self._outgoing: list[dict[str, Any]] | None = None
-        self._sender: asyncio.Task[None] | None = None
+        self._sender: asyncio.Future[None] | None = None
 
     # -- the handshake, checked before anything is held ---------------------------------
 
@@ -463,7 +463,7 @@ class HeldSocket(HeldStream):
             return True
         outgoing.append(frame)
         if self._sender is None:
-            self._sender = asyncio.ensure_future(self._send_queued())
+            self._sender = self.services.inflight.start(self._send_queued())
         return True
 
     async def _send_queued(self) -> None:

@@ -7,6 +7,7 @@ import re
 
 import aiohttp
 
+from gateway.inflight import InFlight
 from tests.streams import count, read_stream, read_ws
 from tests.waiting import eventually
 
@@ -146,3 +147,72 @@ async def test_a_stream_opened_on_a_draining_gateway_is_sent_elsewhere(pair, sta
         assert got.status == 503, (path, got.raw)
         assert got.headers["Retry-After"] == "1"
         assert b'"code":"draining"' in got.raw.replace(b" ", b"")
+
+
+def hold_sends(gateway) -> tuple[asyncio.Event, asyncio.Event, list[BaseException]]:
+    """Sends through `gateway` wait at its hop to chatcore until `release` is set; what
+    ended a held send (a cancellation) is recorded."""
+    entered, release, ended = asyncio.Event(), asyncio.Event(), []
+    send = gateway.chatcore.send
+
+    async def held(user_id, message):
+        entered.set()
+        try:
+            await release.wait()
+        except BaseException as exc:
+            ended.append(exc)
+            raise
+        return await send(user_id, message)
+
+    gateway.chatcore.send = held
+    return entered, release, ended
+
+
+async def test_a_send_in_flight_when_the_drain_starts_is_answered_and_delivered(
+    pair, stack, monkeypatch
+):
+    alice, bob = pair
+    gateway = stack.gateways[1]
+    entered, release, _ = hold_sends(gateway)
+    settling = asyncio.Event()
+    settle = InFlight.settle
+
+    async def noted_settle(self, timeout):
+        settling.set()
+        return await settle(self, timeout)
+
+    monkeypatch.setattr(InFlight, "settle", noted_settle)
+    bob.cursor = (await bob.request("GET", "/api/events")).body["cursor"]
+    sending = asyncio.create_task(alice.send(bob, "sent as the drain began", base=stack.urls[1]))
+    await asyncio.wait_for(entered.wait(), 5)
+    stopping = asyncio.create_task(gateway.stop())
+    # A stop that did not wait for the send would have closed its connection by now.
+    await eventually(lambda: settling.is_set() or stopping.done(), what="stop reaches the send")
+    release.set()
+    answer = await asyncio.wait_for(sending, 5)
+    await asyncio.wait_for(stopping, gateway.settings.drain_seconds + 2)
+    stack.gateways.remove(gateway)  # already stopped
+    assert answer.status == 201, answer
+    got = await bob.poll(base=stack.urls[0])
+    assert [e["message"]["body"] for e in got] == ["sent as the drain began"]
+
+
+async def test_work_past_the_drain_deadline_is_cancelled_before_redis_closes(pair, stack):
+    alice, bob = pair
+    gateway = stack.gateways[1]
+    gateway.settings = gateway.settings.with_(drain_seconds=0.5)
+    entered, _, ended = hold_sends(gateway)
+    sending = asyncio.create_task(alice.send(bob, "never answered", base=stack.urls[1]))
+    await asyncio.wait_for(entered.wait(), 5)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.wait_for(gateway.stop(), 5)
+    stack.gateways.remove(gateway)
+    assert loop.time() - started < 2
+    assert [type(e) for e in ended] == [asyncio.CancelledError], "cancelled, not left running"
+    try:
+        answer = await asyncio.wait_for(sending, 5)
+    except aiohttp.ClientError:
+        pass  # cut, as any request still open at the deadline
+    else:
+        raise AssertionError(f"a request cut at the deadline was answered: {answer}")
