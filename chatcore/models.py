@@ -80,7 +80,6 @@ class Conversation(Base):
     name: Mapped[str | None] = mapped_column(String(64))
     # "low:high" for a direct conversation, so a pair never gets two.
     direct_key: Mapped[str | None] = mapped_column(String(64), unique=True)
-    last_message_id: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -93,6 +92,8 @@ class Member(Base):
     user_id: Mapped[int] = mapped_column(
         ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True
     )
+    # Moved by reading (mark_read); the user's own sends count as read too, but are
+    # looked up, not stored here (chatcore.messaging.read_up_to).
     last_read_message_id: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 

@@ -10,10 +10,14 @@ given to asyncpg itself on PostgreSQL (chatcore.db.Tx), SQLAlchemy Core on SQLit
    recipients, the membership check and the sender's name at once;
 2. INSERT ... ON CONFLICT DO NOTHING RETURNING for the messages: a retried client_id
    finds its first message instead of raising (idempotent on (sender, client_id));
-3. the conversations' newest message and the senders' read markers (executemany);
-4. the events and outbox rows, and the deletion of the outbox rows of events published
+3. the events and outbox rows, and the deletion of the outbox rows of events published
    since the last batch (chatcore.eventlog.append_rows: seqs under row locks taken in
    id order).
+
+No marker is moved here: a conversation's newest message, and the sender's read marker
+(sending counts as reading), are looked up when conversations are listed
+(chatcore.messaging.read_up_to). Moving them took two more round trips per batch and
+locked each conversation's row, so sends to one room waited on each other.
 
 longtail.batching batches concurrent sends so one transaction carries many; a batch
 of one is an ordinary send. Problems with one send (not a friend, client_id reused) are
@@ -29,7 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import String, Table, and_, bindparam, case, select, tuple_, update
+from sqlalchemy import String, Table, and_, bindparam, select, tuple_
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import sqlite
 
@@ -128,7 +132,6 @@ async def store(
     ids = await insert_messages(tx, [(requests[i], targets[i], now) for i in fresh.values()])
     earlier = await earlier_messages(tx, [k for k in fresh if k not in ids])
     items: list[tuple[int, str, dict[str, Any]]] = []
-    created: list[tuple[int, int, int]] = []  # (conversation, sender, message id)
     for i, (request, target) in enumerate(zip(requests, targets, strict=True)):
         if outcomes[i] is not None or not isinstance(target, int):
             continue
@@ -139,11 +142,9 @@ async def store(
             )
             outcomes[i] = (message, True)
             earlier[request.key] = message  # for a retry later in this batch
-            created.append((target, request.sender_id, ids[request.key]))
             items += [(uid, "message", {"message": message}) for uid in members[target]]
         else:
             outcomes[i] = retry_of(earlier[request.key], request, target)
-    await advance_markers(tx, created)
     deliveries = await append_rows(tx, items, published)
     # Every request got its outcome in one of the two loops above.
     return cast(list[Outcome], outcomes), deliveries
@@ -361,55 +362,3 @@ async def earlier_messages(
         )
         for message_id, conversation_id, sender_id, username, body, client_id, created_at in rows
     }
-
-
-async def advance_markers(tx: Tx, created: list[tuple[int, int, int]]) -> None:
-    """Point each conversation at its newest message; sending counts as reading it.
-
-    Both only move forward: two transactions may commit in the other order than their
-    message ids were drawn.
-    """
-    if not created:
-        return
-    newest: dict[int, int] = {}
-    read: dict[tuple[int, int], int] = {}
-    for conversation_id, sender_id, message_id in created:
-        newest[conversation_id] = max(newest.get(conversation_id, 0), message_id)
-        key = (conversation_id, sender_id)
-        read[key] = max(read.get(key, 0), message_id)
-    if tx.postgres:
-        await tx.many(NEWEST_MESSAGE_PG, sorted(newest.items()))
-        await tx.many(READ_UP_TO_PG, [(cid, uid, mid) for (cid, uid), mid in sorted(read.items())])
-        return
-    await tx.core.execute(
-        NEWEST_MESSAGE, [{"cid": cid, "mid": mid} for cid, mid in sorted(newest.items())]
-    )
-    await tx.core.execute(
-        READ_UP_TO,
-        [{"cid": cid, "uid": uid, "mid": mid} for (cid, uid), mid in sorted(read.items())],
-    )
-
-
-def forward(column: Any, value: Any) -> Any:
-    """`value` if it is greater than the column's current value (or that is NULL)."""
-    return case((column.is_(None), value), (column < value, value), else_=column)
-
-
-NEWEST_MESSAGE = (
-    update(CONVERSATIONS)
-    .where(CONVERSATIONS.c.id == bindparam("cid"))
-    .values(last_message_id=forward(CONVERSATIONS.c.last_message_id, bindparam("mid")))
-)
-READ_UP_TO = (
-    update(MEMBERS)
-    .where(MEMBERS.c.conversation_id == bindparam("cid"), MEMBERS.c.user_id == bindparam("uid"))
-    .values(last_read_message_id=forward(MEMBERS.c.last_read_message_id, bindparam("mid")))
-)
-# GREATEST skips NULLs: the first message of a conversation sets its marker.
-NEWEST_MESSAGE_PG = (
-    "UPDATE conversations SET last_message_id = GREATEST(last_message_id, $2) WHERE id = $1"
-)
-READ_UP_TO_PG = (
-    "UPDATE conversation_members SET last_read_message_id = GREATEST(last_read_message_id, $3)"
-    " WHERE conversation_id = $1 AND user_id = $2"
-)

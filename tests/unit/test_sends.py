@@ -212,24 +212,36 @@ async def test_room_sends_reach_every_member_and_mark_the_sender_read(chat):
     assert {c["id"]: c for c in await chat.conversations(c)}[room["id"]]["unread"] == 2
 
 
-async def test_markers_only_move_forward(chat):
+async def test_reading_and_sending_both_count_as_read_and_markers_never_go_back(chat):
+    """The read marker is the user's own, or their newest message past it."""
     a, b = await users(chat, "ma_user", "mb_user")
     await befriend(chat, a, b, "ma_user", "mb_user")
-    message, _ = await chat.send(a, {"to": b, "body": "newest", "client_id": "n"})
-    conversation_id = message["conversation_id"]
-    async with chat.db.sql_transaction() as tx:
-        # A transaction that drew a smaller id but commits later must not move them back.
-        await sends.advance_markers(tx, [(conversation_id, a, 1)])
-    async with chat.db.transaction() as tx:
-        newest = await tx.scalar(
-            select(Conversation.last_message_id).where(Conversation.id == conversation_id)
-        )
-        read = await tx.scalar(
-            select(Member.last_read_message_id).where(
-                Member.conversation_id == conversation_id, Member.user_id == a
-            )
-        )
-    assert newest == message["id"] and read == message["id"]
+    first, _ = await chat.send(b, {"to": a, "body": "one", "client_id": "1"})
+    second, _ = await chat.send(b, {"to": a, "body": "two", "client_id": "2"})
+    conversation_id = first["conversation_id"]
+
+    async def unread(user_id: int) -> int:
+        listing = {c["id"]: c for c in await chat.conversations(user_id)}
+        return listing[conversation_id]["unread"]
+
+    assert await unread(a) == 2
+
+    async def receipts() -> int:
+        return sum(p["type"] == "read" for p in await payloads(chat, b))
+
+    answer = await chat.mark_read(a, conversation_id, {"message_id": first["id"]})
+    assert answer["last_read"] == first["id"] and await receipts() == 1
+    assert await unread(a) == 1
+    mine, _ = await chat.send(a, {"to": b, "body": "reply", "client_id": "3"})
+    assert await unread(a) == 0, "a's reply came after b's two: both read"
+    # Marking an earlier message read is a no-op that answers the marker in force.
+    answer = await chat.mark_read(a, conversation_id, {"message_id": second["id"]})
+    assert answer["last_read"] == mine["id"] and await receipts() == 1
+    third, _ = await chat.send(b, {"to": a, "body": "three", "client_id": "4"})
+    assert await unread(a) == 1
+    listing = {c["id"]: c for c in await chat.conversations(b)}
+    assert listing[conversation_id]["last_message"]["id"] == third["id"]
+    assert listing[conversation_id]["unread"] == 0, "b read a's reply by sending after it"
 
 
 async def test_two_chatcores_sending_to_one_user_keep_seqs_gap_free_and_ordered(
