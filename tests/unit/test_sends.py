@@ -13,10 +13,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from alembic import command
 from sqlalchemy import delete, event, select, text
 
 from chatcore import sends
 from chatcore.db import Database, watch_statements
+from chatcore.migrate import alembic_config
 from chatcore.models import Conversation, Member, Message
 from chatcore.service import Chat
 from longtail.batching import Batcher
@@ -409,3 +411,31 @@ async def test_a_send_whose_connection_dies_mid_transaction_is_a_503_then_stored
         assert created and message["body"] == "after the cut"
     received = [p["message"]["body"] for p in await payloads(chat, b) if p["type"] == "message"]
     assert received == ["after the cut"] * 3
+
+
+async def test_migration_0003_downgrade_restores_the_markers_sends_used_to_move(chat):
+    """Down to 0002 the old code must find its markers as it would have left them."""
+    a, b = await users(chat, "da_user", "db_user")
+    await befriend(chat, a, b, "da_user", "db_user")
+    first, _ = await chat.send(a, {"to": b, "body": "one", "client_id": "1"})
+    second, _ = await chat.send(b, {"to": a, "body": "two", "client_id": "2"})
+    await chat.mark_read(b, first["conversation_id"], {"message_id": first["id"]})
+    conversation_id = first["conversation_id"]
+    marker_sql = text(
+        "SELECT user_id, last_read_message_id FROM conversation_members"
+        " WHERE conversation_id = :cid ORDER BY user_id"
+    )
+    async with chat.db.engine.connect() as conn:
+        await conn.run_sync(lambda sync: command.downgrade(alembic_config(sync), "0002"))
+        await conn.commit()
+        try:
+            newest = await conn.scalar(
+                text("SELECT last_message_id FROM conversations WHERE id = :cid"),
+                {"cid": conversation_id},
+            )
+            markers = dict((await conn.execute(marker_sql, {"cid": conversation_id})).all())
+        finally:
+            await conn.run_sync(lambda sync: command.upgrade(alembic_config(sync), "head"))
+            await conn.commit()
+    assert newest == second["id"]
+    assert markers == {a: first["id"], b: second["id"]}, "own sends counted as read"
