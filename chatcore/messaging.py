@@ -147,7 +147,7 @@ async def mark_read(
     if message_id > newest:
         raise bad_request("That message is not in this conversation.", "invalid_message_id")
     me = aliased(Member)
-    (member, read) = (
+    member, read = (
         await tx.execute(
             select(me, read_up_to(me, user_id)).where(
                 me.conversation_id == conversation_id, me.user_id == user_id

@@ -22,7 +22,7 @@ import contextvars
 import hashlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import tornado.web
@@ -114,7 +114,7 @@ class HeldPoll(LeanRequest):
     def finish(self) -> None:
         # Like a stream_request_body handler's get(): once the whole request is in.
         self._conn.set_close_callback(self._gone)
-        self._task = self.services.inflight.start(self._run(self._start()))
+        self._task = self.services.inflight.start(self._run(self._start))
 
     def on_connection_close(self) -> None:
         """Gone while still sending its request: nothing was started."""
@@ -226,7 +226,7 @@ class HeldPoll(LeanRequest):
         if self._task is not None:
             self._again = True
             return
-        self._task = self.services.inflight.start(self._run(self._resume()))
+        self._task = self.services.inflight.start(self._run(self._resume))
 
     def _gone(self) -> None:
         """The client left. Held: its mailbox closes, which wakes the request to leave.
@@ -239,10 +239,14 @@ class HeldPoll(LeanRequest):
         else:
             self._over = True
 
-    async def _run(self, work: Any) -> None:
-        """Run a step; whatever it raises ends the request the way Tornado would."""
+    async def _run(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Run a step; whatever it raises ends the request the way Tornado would.
+
+        The step's coroutine is made here, not by the caller: a task cancelled before it
+        ever ran (a stop's deadline) must not leave one behind that was never awaited.
+        """
         try:
-            await work
+            await work()
         except asyncio.CancelledError:
             self._leave()
             raise
