@@ -138,7 +138,17 @@ async def mark_read(
 ) -> tuple[dict[str, Any], list[Delivery]]:
     """Move the read marker forward; the other member gets a durable read receipt."""
     message_id = field_int(body, "message_id")
-    await require_member(tx, user_id, conversation_id)
+    me = aliased(Member)
+    found = (
+        await tx.execute(
+            select(me, read_up_to(me, user_id)).where(
+                me.conversation_id == conversation_id, me.user_id == user_id
+            )
+        )
+    ).first()
+    if found is None:
+        raise not_a_member()
+    member, read = found
     newest = (
         await tx.execute(
             select(func.max(Message.id)).where(Message.conversation_id == conversation_id)
@@ -146,14 +156,6 @@ async def mark_read(
     ).scalar() or 0
     if message_id > newest:
         raise bad_request("That message is not in this conversation.", "invalid_message_id")
-    me = aliased(Member)
-    member, read = (
-        await tx.execute(
-            select(me, read_up_to(me, user_id)).where(
-                me.conversation_id == conversation_id, me.user_id == user_id
-            )
-        )
-    ).one()
     if message_id <= read:
         return {"conversation_id": conversation_id, "last_read": read}, []
     member.last_read_message_id = message_id
@@ -191,6 +193,10 @@ def read_up_to(member: Any, user_id: int) -> Any:
 async def require_member(tx: AsyncSession, user_id: int, conversation_id: int) -> Member:
     member = await tx.get(Member, (conversation_id, user_id))
     if member is None:
-        # Same answer whether the conversation exists or not: ids reveal nothing.
-        raise ApiError(404, "conversation_not_found", "No such conversation.")
+        raise not_a_member()
     return member
+
+
+def not_a_member() -> ApiError:
+    # Same answer whether the conversation exists or not: ids reveal nothing.
+    return ApiError(404, "conversation_not_found", "No such conversation.")

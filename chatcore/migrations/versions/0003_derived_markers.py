@@ -32,13 +32,10 @@ def downgrade() -> None:
         " (SELECT max(m.id) FROM messages AS m WHERE m.conversation_id = conversations.id)"
     )
     op.execute(
-        "UPDATE conversation_members SET last_read_message_id = ("
-        " SELECT max(m.id) FROM messages AS m"
+        "UPDATE conversation_members SET last_read_message_id = COALESCE("
+        " (SELECT max(m.id) FROM messages AS m"
         " WHERE m.conversation_id = conversation_members.conversation_id"
         " AND m.sender_id = conversation_members.user_id"
-        " AND m.id > conversation_members.last_read_message_id)"
-        " WHERE EXISTS (SELECT 1 FROM messages AS m"
-        " WHERE m.conversation_id = conversation_members.conversation_id"
-        " AND m.sender_id = conversation_members.user_id"
-        " AND m.id > conversation_members.last_read_message_id)"
+        " AND m.id > conversation_members.last_read_message_id),"
+        " last_read_message_id)"
     )
