@@ -87,14 +87,24 @@ def _serialize_sqlite_writers(engine: AsyncEngine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+# What asyncpg raises when the server ends a connection that it has not yet seen close:
+# the shutdown notice itself, or (when the notice came while the connection was idle)
+# its protocol left waiting for the end of an error that the next statement trips on.
+CONNECTION_ENDING = (
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.InternalClientError,
+)
+
+
 class Tx:
     """One transaction's connection, as the send path and the event log run statements.
 
     On PostgreSQL they are SQL texts with `$n` parameters (`rows`, `many`). In a
     Database.sql_transaction they go to asyncpg itself: through SQLAlchemy's execution
-    layer a statement cost 146 µs of CPU against asyncpg's 54 here, and a lone send's
-    batch runs six. In an ORM write (the events it appends) they go through
-    SQLAlchemy, in the session's transaction. On SQLite the callers use `core`.
+    layer a statement cost 146 µs of CPU against asyncpg's 54 here. In an ORM write
+    (the events it appends) they go through SQLAlchemy, in the session's transaction.
+    On SQLite the callers use `core`.
     """
 
     __slots__ = ("core", "driver", "postgres")
@@ -152,7 +162,7 @@ class Database:
             yield session
 
     @asynccontextmanager
-    async def sql_transaction(self) -> AsyncIterator[Tx]:
+    async def sql_transaction(self, *, implicit: bool = False) -> AsyncIterator[Tx]:
         """A transaction without an ORM session, for the send path (chatcore.sends) and
         the outbox; on PostgreSQL, asyncpg's own.
 
@@ -161,6 +171,10 @@ class Database:
         failures come out as SQLAlchemy's, which the callers already handle: a lost
         connection is an OperationalError (and the pool drops the connection), a
         unique-constraint race an IntegrityError (retried).
+
+        `implicit`: on PostgreSQL, no BEGIN and no COMMIT: each statement is a
+        transaction of its own. For work that writes in one statement
+        (chatcore.send_statement), where those two would be two of its three round trips.
         """
         if self.engine.dialect.name != "postgresql":
             async with self.engine.begin() as conn:
@@ -169,12 +183,20 @@ class Database:
         async with self.engine.connect() as conn:
             driver = cast(asyncpg.Connection, (await conn.get_raw_connection()).driver_connection)
             try:
-                async with driver.transaction():
+                if implicit:
                     yield Tx(conn, driver)
+                else:
+                    async with driver.transaction():
+                        yield Tx(conn, driver)
             except asyncpg.IntegrityConstraintViolationError as exc:
                 raise IntegrityError("send transaction", None, exc) from exc
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-                if not driver.is_closed():
+            except (
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                asyncpg.InternalClientError,
+                OSError,
+            ) as exc:
+                if not (driver.is_closed() or isinstance(exc, CONNECTION_ENDING)):
                     raise
                 await conn.invalidate(exc)
                 raise OperationalError("send transaction", None, exc) from exc

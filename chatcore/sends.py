@@ -1,9 +1,10 @@
-"""The send path: storing a batch of messages in one transaction, without the ORM.
+"""The send path: storing a batch of messages, without the ORM.
 
 This is chatcore's hot path (issue 5). Profiles of the ORM version showed the time going
 into round trips to the database and the ORM's per-statement machinery, not into the
-statements' own work, so here every step is one statement for the whole batch: SQL
-given to asyncpg itself on PostgreSQL (chatcore.db.Tx), SQLAlchemy Core on SQLite:
+statements' own work. On PostgreSQL the whole batch is one statement given to asyncpg
+itself (chatcore.send_statement). On SQLite, which has no data-modifying CTEs, each
+step is one statement for the whole batch, in SQLAlchemy Core, in one transaction:
 
 1. the direct conversations of the friend pairs with their members and usernames, and
    the friendship check, in one join (the room sends' members in one more): the
@@ -13,6 +14,8 @@ given to asyncpg itself on PostgreSQL (chatcore.db.Tx), SQLAlchemy Core on SQLit
 3. the events and outbox rows, and the deletion of the outbox rows of events published
    since the last batch (chatcore.eventlog.append_rows: seqs under row locks taken in
    id order).
+
+Both give each request a Placed; `outcomes` answers from those, the same way for both.
 
 No marker is moved here: a conversation's newest message, and the sender's read marker
 (sending counts as reading), are looked up when conversations are listed
@@ -37,11 +40,12 @@ from sqlalchemy import String, Table, and_, bindparam, select, tuple_
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import sqlite
 
-from chatcore import friends
+from chatcore import friends, send_statement
 from chatcore.db import Tx
 from chatcore.eventlog import Delivery, append_rows
 from chatcore.messaging import message_dict
 from chatcore.models import Conversation, Friendship, Member, Message, User, utcnow
+from chatcore.send_statement import Placed
 from longtail.errors import ApiError, bad_request
 from longtail.validate import field_int, field_str
 
@@ -115,39 +119,88 @@ async def store(
 ) -> tuple[list[Outcome], list[Delivery]]:
     """Store the batch's messages and their members' events; one outcome per request.
 
-    `published`: outbox rows to delete along (chatcore.eventlog.append_rows).
+    `published`: outbox rows to delete along (chatcore.eventlog.append_rows). On
+    PostgreSQL `tx` need not be a transaction: the batch is one statement
+    (chatcore.send_statement), and the look-up of retried sends' first messages reads
+    only committed rows.
     """
+    now = utcnow()
+    if tx.postgres:
+        placed, deliveries = await send_statement.store(tx, requests, now, published)
+        missing = {p.pair for p in placed if p.pair is not None and p.conversation_id is None}
+        if missing:
+            raise MissingConversations(sorted(cast(set[tuple[int, int]], missing)))
+    else:
+        placed, deliveries = await store_in_steps(tx, requests, now, published)
+    return await outcomes(tx, requests, placed, now), deliveries
+
+
+async def store_in_steps(
+    tx: Tx, requests: list[SendRequest], now: datetime, published: Sequence[tuple[int, int]]
+) -> tuple[list[Placed], list[Delivery]]:
+    """SQLite's way (send_statement's steps, a statement each, for the whole batch)."""
     targets, members = await destinations(tx, requests)
-    outcomes: list[Outcome | None] = [None] * len(requests)
+    placed: list[Placed] = []
     fresh: dict[tuple[int, str], int] = {}  # key -> index of its first request
     for i, (request, target) in enumerate(zip(requests, targets, strict=True)):
         if isinstance(target, ApiError):
-            outcomes[i] = target
+            placed.append(Placed(None))
         elif request.sender_id not in members.get(target, {}):
             # A room the sender is not in (same answer as a room that does not exist).
-            outcomes[i] = no_conversation()
+            placed.append(Placed(target))
         else:
+            placed.append(Placed(target, members[target][request.sender_id]))
             fresh.setdefault(request.key, i)
-    now = utcnow()
     ids = await insert_messages(tx, [(requests[i], targets[i], now) for i in fresh.values()])
-    earlier = await earlier_messages(tx, [k for k in fresh if k not in ids])
     items: list[tuple[int, str, dict[str, Any]]] = []
-    for i, (request, target) in enumerate(zip(requests, targets, strict=True)):
-        if outcomes[i] is not None or not isinstance(target, int):
-            continue
-        if request.key in ids and fresh[request.key] == i:
-            sender = {"id": request.sender_id, "username": members[target][request.sender_id]}
-            message = message_dict(
-                ids[request.key], target, sender, request.text, request.client_id, now
-            )
-            outcomes[i] = (message, True)
-            earlier[request.key] = message  # for a retry later in this batch
-            items += [(uid, "message", {"message": message}) for uid in members[target]]
+    for key, i in fresh.items():
+        if key in ids:
+            placed[i] = done = Placed(placed[i].conversation_id, placed[i].username, ids[key])
+            message = new_message(requests[i], done, now)
+            recipients = members[message["conversation_id"]]
+            items += [(uid, "message", {"message": message}) for uid in recipients]
+    return placed, await append_rows(tx, items, published)
+
+
+async def outcomes(
+    tx: Tx, requests: list[SendRequest], placed: list[Placed], now: datetime
+) -> list[Outcome]:
+    """Each request's answer: its refusal, its new message, or (a retried client_id) the
+    message stored first, in this batch or an earlier one."""
+    answers: list[Outcome | None] = []
+    stored: dict[tuple[int, str], dict[str, Any]] = {}
+    for request, where in zip(requests, placed, strict=True):
+        if where.conversation_id is None:
+            answers.append(not_friend())
+        elif where.username is None:
+            # A room the sender is not in (same answer as a room that does not exist).
+            answers.append(no_conversation())
+        elif where.message_id is not None:
+            message = new_message(request, where, now)
+            stored[request.key] = message
+            answers.append((message, True))
         else:
-            outcomes[i] = retry_of(earlier[request.key], request, target)
-    deliveries = await append_rows(tx, items, published)
-    # Every request got its outcome in one of the two loops above.
-    return cast(list[Outcome], outcomes), deliveries
+            answers.append(None)
+    retried = [i for i, answer in enumerate(answers) if answer is None]
+    keys = {requests[i].key for i in retried} - stored.keys()
+    stored.update(await earlier_messages(tx, sorted(keys)))
+    for i in retried:
+        target = cast(int, placed[i].conversation_id)
+        answers[i] = retry_of(stored[requests[i].key], requests[i], target)
+    # Every request got its answer in one of the two loops above.
+    return cast(list[Outcome], answers)
+
+
+def new_message(request: SendRequest, where: Placed, now: datetime) -> dict[str, Any]:
+    sender = {"id": request.sender_id, "username": where.username}
+    return message_dict(
+        cast(int, where.message_id),
+        cast(int, where.conversation_id),
+        sender,
+        request.text,
+        request.client_id,
+        now,
+    )
 
 
 def retry_of(stored: dict[str, Any], request: SendRequest, target: int) -> Outcome:
@@ -210,23 +263,6 @@ MEMBERS_QUERY = (
     .where(MEMBERS.c.conversation_id.in_(bindparam("ids", expanding=True)))
 )
 
-# On PostgreSQL a batch's values go as arrays: one statement text whatever the batch
-# size, prepared once per pooled connection (an IN list of N is a new statement for
-# every N, prepared again on each connection, whose cache holds 100), and parameters
-# the driver passes whole instead of one bind per value.
-DIRECT_PG = (
-    "SELECT p.low, p.high, c.id, m.user_id, u.username"
-    " FROM unnest($1::bigint[], $2::bigint[]) AS p(low, high)"
-    " JOIN friendships AS f ON f.user_low = p.low AND f.user_high = p.high AND f.status = $3"
-    " LEFT JOIN conversations AS c ON c.direct_key = p.low::text || ':' || p.high::text"
-    " LEFT JOIN conversation_members AS m ON m.conversation_id = c.id"
-    " LEFT JOIN users AS u ON u.id = m.user_id"
-)
-MEMBERS_PG = (
-    "SELECT m.conversation_id, m.user_id, u.username FROM conversation_members AS m"
-    " JOIN users AS u ON u.id = m.user_id WHERE m.conversation_id = ANY($1::bigint[])"
-)
-
 
 async def direct_conversations(
     tx: Tx, pairs: set[tuple[int, int]]
@@ -240,12 +276,8 @@ async def direct_conversations(
     """
     if not pairs:
         return {}, {}
-    if tx.postgres:
-        lows, highs = zip(*sorted(pairs), strict=True)
-        rows = await tx.rows(DIRECT_PG, list(lows), list(highs), friends.ACCEPTED)
-    else:
-        keys = sorted(f"{low}:{high}" for low, high in pairs)
-        rows = (await tx.core.execute(DIRECT_QUERY, {"pairs": sorted(pairs), "keys": keys})).all()
+    keys = sorted(f"{low}:{high}" for low, high in pairs)
+    rows = (await tx.core.execute(DIRECT_QUERY, {"pairs": sorted(pairs), "keys": keys})).all()
     direct: dict[tuple[int, int], int] = {}
     members: Members = {}
     missing: list[tuple[int, int]] = []
@@ -264,29 +296,18 @@ async def conversation_members(tx: Tx, conversation_ids: set[int]) -> Members:
     """Members (with usernames) of every one of these conversations, in one statement."""
     if not conversation_ids:
         return {}
-    if tx.postgres:
-        rows = await tx.rows(MEMBERS_PG, sorted(conversation_ids))
-    else:
-        rows = (await tx.core.execute(MEMBERS_QUERY, {"ids": sorted(conversation_ids)})).all()
+    rows = (await tx.core.execute(MEMBERS_QUERY, {"ids": sorted(conversation_ids)})).all()
     result: Members = {}
     for conversation_id, user_id, username in rows:
         result.setdefault(conversation_id, {})[user_id] = username
     return result
 
 
-# ON CONFLICT is dialect syntax. SQLite's statement takes a list of rows.
+# ON CONFLICT is dialect syntax; this is SQLite's. It takes a list of rows.
 INSERT_MESSAGE_SQLITE = (
     sqlite.insert(MESSAGES)
     .on_conflict_do_nothing(index_elements=["sender_id", "client_id"])
     .returning(MESSAGES.c.id, MESSAGES.c.sender_id, MESSAGES.c.client_id)
-)
-INSERT_MESSAGES_PG = (
-    "INSERT INTO messages (conversation_id, sender_id, client_id, body, created_at)"
-    " SELECT conversation_id, sender_id, client_id, body, $5::timestamptz"
-    " FROM unnest($1::bigint[], $2::bigint[], $3::varchar[], $4::text[])"
-    " AS m(conversation_id, sender_id, client_id, body)"
-    " ON CONFLICT (sender_id, client_id) DO NOTHING"
-    " RETURNING id, sender_id, client_id"
 )
 
 
@@ -300,16 +321,6 @@ async def insert_messages(
     """
     if not rows:
         return {}
-    if tx.postgres:
-        result = await tx.rows(
-            INSERT_MESSAGES_PG,
-            [target for _, target, _ in rows],
-            [r.sender_id for r, _, _ in rows],
-            [r.client_id for r, _, _ in rows],
-            [r.text for r, _, _ in rows],
-            rows[0][2],
-        )
-        return {(sender, client): message_id for message_id, sender, client in result}
     values = [
         {
             "conversation_id": target,

@@ -12,6 +12,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from functools import partial
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
@@ -92,17 +93,19 @@ class Chat:
         return await self._commit(self.db.transaction, work)
 
     async def _store(self, work: Callable[[Tx], Awaitable[tuple[T, list[Delivery]]]]) -> T:
-        """`_write` for the send path, which needs no ORM session (chatcore.sends).
+        """`_write` for the send path, which needs no ORM session (chatcore.sends): on
+        PostgreSQL not even a BEGIN, as the batch is stored by one statement.
 
         Friends without their direct conversation (from before accepting created it)
         get it in an ORM transaction of its own, then `work` runs again.
         """
+        begin = partial(self.db.sql_transaction, implicit=True)
         try:
-            return await self._commit(self.db.sql_transaction, work)
+            return await self._commit(begin, work)
         except sends.MissingConversations as missing:
             pairs = missing.pairs
             await self._write(lambda tx: friends.create_direct(tx, pairs))
-            return await self._commit(self.db.sql_transaction, work)
+            return await self._commit(begin, work)
 
     async def _commit(
         self,

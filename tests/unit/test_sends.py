@@ -16,7 +16,7 @@ import pytest
 from alembic import command
 from sqlalchemy import delete, event, select, text
 
-from chatcore import sends
+from chatcore import eventlog, send_statement, sends
 from chatcore.db import Database, watch_statements
 from chatcore.migrate import alembic_config
 from chatcore.models import Conversation, Member, Message
@@ -48,11 +48,12 @@ async def users(chat: Chat, *names: str) -> list[int]:
 
 
 def commits(db: Database) -> list[int]:
-    """A counter of the database's COMMITs from now on.
+    """A counter of the database's committed transactions from now on.
 
-    On PostgreSQL the send path's transactions are asyncpg's own (chatcore.db.Tx), which
-    SQLAlchemy's events do not see: there asyncpg's query log counts them (its callbacks
-    run soon after each COMMIT, before the publish that follows it has answered).
+    On PostgreSQL a batch of sends is one statement, a transaction of its own
+    (chatcore.send_statement), given to asyncpg itself, which SQLAlchemy's events do not
+    see: there asyncpg's query log counts those statements and the COMMITs (its
+    callbacks run soon after each, before the publish that follows has answered).
     """
     counter = [0]
     engine = db.engine.sync_engine
@@ -65,7 +66,7 @@ def commits(db: Database) -> list[int]:
         return counter
 
     def _logged(query: str) -> None:
-        if query.strip().upper().startswith("COMMIT"):
+        if query == send_statement.SEND_PG or query.strip().upper().startswith("COMMIT"):
             counter[0] += 1
 
     watch_statements(db.engine, _logged)
@@ -160,6 +161,23 @@ async def test_retries_within_and_across_batches_store_one_message(chat):
     assert again == next(m for m, c in first if c), "a retry answers with the same message"
     bodies = [p["message"]["body"] for p in await payloads(chat, b) if p["type"] == "message"]
     assert bodies == ["once"]
+
+
+async def test_every_member_stores_the_event_the_sender_was_answered_byte_for_byte(chat):
+    """On PostgreSQL the database writes the event's JSON (chatcore.send_statement): it
+    must be the one encoding (eventlog.encode) of the message the sender got back, for
+    text JSON must escape and for text it must not."""
+    a, b = await users(chat, "ja_user", "jb_user")
+    await befriend(chat, a, b, "ja_user", "jb_user")
+    room = await chat.create_room(a, {"name": "bytes", "members": [b]})
+    text_ = 'é "q" \\ \n\t\x01\x7f 😀 </script> \u2028'
+    direct, _ = await chat.send(a, {"to": b, "body": text_, "client_id": 'ü"1'})
+    grouped, _ = await chat.send(b, {"conversation_id": room["id"], "body": "x", "client_id": "2"})
+    for message, members in ((direct, (a, b)), (grouped, (a, b))):
+        for member in members:
+            events, _ = await chat.events(member, 0)
+            (stored,) = [e for e in events if json.loads(e.data).get("message") == message]
+            assert stored.data == eventlog.encode(stored.seq, "message", {"message": message})
 
 
 async def test_friends_without_a_direct_conversation_get_one_with_their_first_send(chat):
