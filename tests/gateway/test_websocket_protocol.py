@@ -186,6 +186,19 @@ async def test_endless_empty_fragments_are_a_message_too_big(raw, stack):
     await eventually(lambda: services.connections.held == 0)
 
 
+async def test_a_socket_gone_before_its_woken_step_runs_is_released(raw, stack):
+    """The connection closes in the same turn of the loop that woke the socket (its
+    heartbeat timer, an event): the step, cancelled before it ever ran, never runs its
+    own clean-up, so the socket must not stay held, subscribed and counted."""
+    gateway = stack.gateways[0]
+    await eventually(lambda: len(gateway.sockets) == 1)
+    (held,) = gateway.sockets
+    held._drop()  # closes the stream; its close callback (_gone) runs on the next turn,
+    held._wake()  # after this step has been started, and before it runs
+    await eventually(lambda: gateway.services.connections.held == 0)
+    assert not gateway.sockets
+
+
 async def test_nothing_follows_the_servers_close_frame(pair, stack):
     """After our close (here: a logout), a ping gets no pong: nothing may follow a close."""
     _, bob = pair
