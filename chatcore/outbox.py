@@ -57,6 +57,48 @@ return redis.call('SPUBLISH', ARGV[6], ARGV[7])
 """
 
 
+# On one Redis server (not a Cluster, where a script may touch one slot only), a batch's
+# deliveries go in one call of this script instead of one each: the profile of chatcore
+# under gateways' batched sends put a quarter of its CPU in publishing, half of that in
+# packing the commands. KEYS: each delivery's buffer and head; ARGV: the three settings,
+# then each delivery's event, seq, channel and message, in the order given, which keeps
+# each user's events in seq order.
+DELIVER_MANY = """
+local keep, ttl, head_ttl = -tonumber(ARGV[1]) - 1, ARGV[2], ARGV[3]
+for i = 1, #KEYS / 2 do
+  local buffer, head, at = KEYS[2 * i - 1], KEYS[2 * i], 4 * i
+  redis.call('ZADD', buffer, ARGV[at + 1], ARGV[at])
+  redis.call('ZREMRANGEBYRANK', buffer, 0, keep)
+  redis.call('EXPIRE', buffer, ttl)
+  redis.call('SET', head, ARGV[at + 1], 'EX', head_ttl)
+  redis.call('SPUBLISH', ARGV[at + 2], ARGV[at + 3])
+end
+return #KEYS / 2
+"""
+# Deliveries per DELIVER_MANY call: Redis runs nothing else while a script runs, so a
+# large batch (a sweep, a room's fan-out) goes in several calls, still one round trip.
+DELIVER_MANY_CHUNK = 128
+
+
+def deliver_many(
+    pipe: Pipeline,
+    keys: Keys,
+    deliveries: list[Delivery],
+    buffer_size: int,
+    buffer_ttl: int,
+    now: float,
+) -> None:
+    """Queue these deliveries (the DELIVER_MANY script) on a one-server pipeline."""
+    for start in range(0, len(deliveries), DELIVER_MANY_CHUNK):
+        chunk = deliveries[start : start + DELIVER_MANY_CHUNK]
+        names: list[str] = []
+        values: list[bytes | int | str] = [buffer_size, buffer_ttl, HEAD_TTL]
+        for d in chunk:
+            names += (keys.buffer(d.user_id), keys.head(d.user_id))
+            values += (d.event.data, d.event.seq, keys.channel(d.user_id), d.event.to_message(now))
+        pipe.eval(DELIVER_MANY, len(names), *names, *values)
+
+
 def deliver(
     pipe: Pipeline | ClusterPipeline,
     keys: Keys,
@@ -98,8 +140,11 @@ class Publisher:
             return True
         pipe = self._redis.pipeline(transaction=False)
         now = time.time()
-        for d in deliveries:
-            deliver(pipe, self._keys, d, self._buffer_size, self._buffer_ttl, now)
+        if isinstance(pipe, ClusterPipeline):
+            for d in deliveries:
+                deliver(pipe, self._keys, d, self._buffer_size, self._buffer_ttl, now)
+        else:
+            deliver_many(pipe, self._keys, deliveries, self._buffer_size, self._buffer_ttl, now)
         try:
             await pipe.execute()
         except (RedisError, OSError) as exc:

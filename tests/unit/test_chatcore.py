@@ -13,7 +13,9 @@ from sqlalchemy import func, select
 
 from chatcore.app import redis_options
 from chatcore.db import Database
+from chatcore.eventlog import Delivery
 from chatcore.models import Outbox
+from chatcore.outbox import DELIVER_MANY_CHUNK, Publisher
 from chatcore.service import Chat
 from longtail.errors import ApiError
 from longtail.wire import Event, Keys
@@ -162,6 +164,44 @@ async def test_events_committed_while_redis_is_down_are_published_by_the_sweep(
         await pubsub.aclose()
         await restarted.publisher.stop()
         await db.close()
+
+
+async def test_a_batch_larger_than_one_script_call_is_buffered_and_published_in_order(
+    chat, settings
+):
+    """Three users' events, more than one DELIVER_MANY call takes on one Redis server
+    (a Cluster delivers one by one): each buffer keeps its newest, each head is its
+    last seq, and a channel hears every event of its user, in order."""
+    keys = Keys(settings.redis_prefix)
+    publisher = Publisher(chat.db, chat.redis, keys, buffer_size=50, buffer_ttl=60)
+    users, count = [901, 902, 903], DELIVER_MANY_CHUNK
+    deliveries = [
+        Delivery(u, Event(seq, b'{"seq":%d,"user":%d}' % (seq, u)))
+        for u in users
+        for seq in range(1, count + 1)
+    ]
+    pubsub = chat.redis.pubsub()
+    await pubsub.ssubscribe(keys.channel(902))
+    assert (await pubsub.get_message(timeout=5))["type"] == "ssubscribe"
+    try:
+        assert await publisher.publish(deliveries)
+        for u in users:
+            assert int(await chat.redis.get(keys.head(u))) == count
+            newest = range(count - 49, count + 1)
+            assert await chat.redis.zrange(keys.buffer(u), 0, -1) == [
+                b'{"seq":%d,"user":%d}' % (seq, u) for seq in newest
+            ]
+        heard = []
+        while len(heard) < count:
+            message = await pubsub.get_message(timeout=5)
+            assert message is not None, "every event of the user is published"
+            if message["type"] == "smessage":
+                heard.append(Event.from_message(message["data"]))
+        assert [(e.seq, e.data) for e in heard] == [
+            (seq, b'{"seq":%d,"user":902}' % seq) for seq in range(1, count + 1)
+        ]
+    finally:
+        await pubsub.aclose()
 
 
 async def test_sweep_leaves_fresh_rows_to_the_live_publisher(chat):
