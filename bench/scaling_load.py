@@ -3,8 +3,8 @@
 - `ScalingCluster`: chatcore on a throw-away database, and 1..N gateways started and
   stopped per configuration, on the Redis under test.
 - `Publisher`: events written straight into Redis exactly as chatcore's outbox writes
-  them (chatcore/outbox.py, Publisher.publish: per event ZADD, ZREMRANGEBYRANK and
-  EXPIRE on the user's hot buffer, SET head, SPUBLISH on the user's channel, in one
+  them (chatcore/outbox.py, `queue`: per event ZADD, ZREMRANGEBYRANK and EXPIRE on the
+  user's hot buffer, SET head, SPUBLISH on the user's channel, in scripts, in one
   pipeline per batch), at a fixed rate from this process, so chatcore and the database
   are not what is measured. Each receiver's seq goes up by one from its cursor, so the
   gateways' cursor logic takes every event as the next one.
@@ -27,7 +27,7 @@ from bench.api import User
 from bench.cluster import STOP_GRACE, Cluster, Service, free_port, wait_ready
 from bench.latency import Audit, make_body
 from chatcore.eventlog import Delivery
-from chatcore.outbox import deliver
+from chatcore.outbox import queue
 from longtail.settings import Settings
 from longtail.wire import Event, Keys
 
@@ -183,6 +183,7 @@ class Publisher:
         started = time.perf_counter()
         pipe = self._redis.pipeline(transaction=False)
         sent: list[tuple[int, int]] = []
+        deliveries: list[Delivery] = []
         for _ in range(count):
             index = self._next_user
             self._next_user = (index + 1) % len(self._users)
@@ -190,20 +191,14 @@ class Publisher:
             seq = self.heads[index] + 1
             number = self._numbers[index]
             event = Event(seq, event_json(seq, user, index, number, started))
-            # What chatcore.outbox.Publisher.publish sends for each event.
-            deliver(
-                pipe,
-                self._keys,
-                Delivery(user.id, event),
-                self._buffer_size,
-                self._buffer_ttl,
-                time.time(),
-            )
+            deliveries.append(Delivery(user.id, event))
             self.heads[index] = seq
             self._numbers[index] = number + 1
             owner = self._owner_of[index]
             per_owner[owner] = per_owner.get(owner, 0) + 1
             sent.append((index, number))
+        # What chatcore.outbox.Publisher.publish sends for a batch.
+        queue(pipe, self._keys, deliveries, self._buffer_size, self._buffer_ttl, time.time())
         await pipe.execute()
         answered = time.perf_counter()
         for index, number in sent:

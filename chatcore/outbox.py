@@ -123,6 +123,23 @@ def deliver(
     )
 
 
+def queue(
+    pipe: Pipeline | ClusterPipeline,
+    keys: Keys,
+    deliveries: list[Delivery],
+    buffer_size: int,
+    buffer_ttl: int,
+    now: float,
+) -> None:
+    """Queue these deliveries on a pipeline: DELIVER_MANY calls on one server, a DELIVER
+    each on a Cluster."""
+    if isinstance(pipe, ClusterPipeline):
+        for d in deliveries:
+            deliver(pipe, keys, d, buffer_size, buffer_ttl, now)
+    else:
+        deliver_many(pipe, keys, deliveries, buffer_size, buffer_ttl, now)
+
+
 class Publisher:
     def __init__(self, db: Database, redis: Redis, keys: Keys, buffer_size: int, buffer_ttl: int):
         self._db = db
@@ -139,12 +156,7 @@ class Publisher:
         if not deliveries:
             return True
         pipe = self._redis.pipeline(transaction=False)
-        now = time.time()
-        if isinstance(pipe, ClusterPipeline):
-            for d in deliveries:
-                deliver(pipe, self._keys, d, self._buffer_size, self._buffer_ttl, now)
-        else:
-            deliver_many(pipe, self._keys, deliveries, self._buffer_size, self._buffer_ttl, now)
+        queue(pipe, self._keys, deliveries, self._buffer_size, self._buffer_ttl, time.time())
         try:
             await pipe.execute()
         except (RedisError, OSError) as exc:
