@@ -41,29 +41,18 @@ FORGET_AFTER = 0.2
 # Redis instead of asking chatcore every time.
 HEAD_TTL = 7 * 24 * 3600
 
-# One delivery, in one command: buffer the event (trimmed to the newest ARGV[3], expiring
-# ARGV[4] s after the last one), move the head, then SPUBLISH, so whoever sees the
-# message can also find it in the buffer. A script, not five pipelined commands: in the
-# profile of the send path, building and parsing those took a quarter of chatcore's CPU.
-# EVAL, not EVALSHA: a Cluster pipeline cannot load scripts, and Redis caches the body.
-# Every key and the channel share the user's hash tag, so on a Cluster all are in the
-# one slot the script runs on.
+# Deliveries, in one command: for each, buffer the event (trimmed to the newest
+# ARGV[1], expiring ARGV[2] s after the last one), move the head (expiring after
+# ARGV[3] s), then SPUBLISH, so whoever sees the message can also find it in the buffer.
+# KEYS: each delivery's buffer and head; ARGV: those three settings, then each
+# delivery's event, seq, channel and message, in the order given, which keeps each
+# user's events in seq order. A script, not five pipelined commands per event: in the
+# profile of the send path, building and parsing those took a quarter of chatcore's
+# CPU; and many deliveries per call, not one: under gateways' batched sends, packing a
+# call per delivery was half of what publishing cost. EVAL, not EVALSHA: a Cluster
+# pipeline cannot load scripts, and Redis caches the body. A user's keys and channel
+# share its hash tag, so a call for one user runs in one slot.
 DELIVER = """
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -tonumber(ARGV[3]) - 1)
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[5])
-return redis.call('SPUBLISH', ARGV[6], ARGV[7])
-"""
-
-
-# On one Redis server (not a Cluster, where a script may touch one slot only), a batch's
-# deliveries go in one call of this script instead of one each: the profile of chatcore
-# under gateways' batched sends put a quarter of its CPU in publishing, half of that in
-# packing the commands. KEYS: each delivery's buffer and head; ARGV: the three settings,
-# then each delivery's event, seq, channel and message, in the order given, which keeps
-# each user's events in seq order.
-DELIVER_MANY = """
 local keep, ttl, head_ttl = -tonumber(ARGV[1]) - 1, ARGV[2], ARGV[3]
 for i = 1, #KEYS / 2 do
   local buffer, head, at = KEYS[2 * i - 1], KEYS[2 * i], 4 * i
@@ -75,52 +64,10 @@ for i = 1, #KEYS / 2 do
 end
 return #KEYS / 2
 """
-# Deliveries per DELIVER_MANY call: Redis runs nothing else while a script runs, so a
-# large batch (a sweep, a room's fan-out) goes in several calls, still one round trip.
-DELIVER_MANY_CHUNK = 128
-
-
-def deliver_many(
-    pipe: Pipeline,
-    keys: Keys,
-    deliveries: list[Delivery],
-    buffer_size: int,
-    buffer_ttl: int,
-    now: float,
-) -> None:
-    """Queue these deliveries (the DELIVER_MANY script) on a one-server pipeline."""
-    for start in range(0, len(deliveries), DELIVER_MANY_CHUNK):
-        chunk = deliveries[start : start + DELIVER_MANY_CHUNK]
-        names: list[str] = []
-        values: list[bytes | int | str] = [buffer_size, buffer_ttl, HEAD_TTL]
-        for d in chunk:
-            names += (keys.buffer(d.user_id), keys.head(d.user_id))
-            values += (d.event.data, d.event.seq, keys.channel(d.user_id), d.event.to_message(now))
-        pipe.eval(DELIVER_MANY, len(names), *names, *values)
-
-
-def deliver(
-    pipe: Pipeline | ClusterPipeline,
-    keys: Keys,
-    delivery: Delivery,
-    buffer_size: int,
-    buffer_ttl: int,
-    now: float,
-) -> None:
-    """Queue one delivery (the DELIVER script) on a pipeline."""
-    pipe.eval(
-        DELIVER,
-        2,
-        keys.buffer(delivery.user_id),
-        keys.head(delivery.user_id),
-        delivery.event.data,
-        delivery.event.seq,
-        buffer_size,
-        buffer_ttl,
-        HEAD_TTL,
-        keys.channel(delivery.user_id),
-        delivery.event.to_message(now),
-    )
+# Deliveries per DELIVER call on one Redis server: Redis runs nothing else while a
+# script runs, so a large batch (a sweep, a room's fan-out) takes several calls, still
+# one round trip. On a Cluster a script may touch one slot only: a call per delivery.
+DELIVERIES_PER_CALL = 128
 
 
 def queue(
@@ -131,13 +78,15 @@ def queue(
     buffer_ttl: int,
     now: float,
 ) -> None:
-    """Queue these deliveries on a pipeline: DELIVER_MANY calls on one server, a DELIVER
-    each on a Cluster."""
-    if isinstance(pipe, ClusterPipeline):
-        for d in deliveries:
-            deliver(pipe, keys, d, buffer_size, buffer_ttl, now)
-    else:
-        deliver_many(pipe, keys, deliveries, buffer_size, buffer_ttl, now)
+    """Queue these deliveries (DELIVER calls) on a pipeline."""
+    step = 1 if isinstance(pipe, ClusterPipeline) else DELIVERIES_PER_CALL
+    for start in range(0, len(deliveries), step):
+        names: list[str] = []
+        values: list[bytes | int | str] = [buffer_size, buffer_ttl, HEAD_TTL]
+        for d in deliveries[start : start + step]:
+            names += (keys.buffer(d.user_id), keys.head(d.user_id))
+            values += (d.event.data, d.event.seq, keys.channel(d.user_id), d.event.to_message(now))
+        pipe.eval(DELIVER, len(names), *names, *values)
 
 
 class Publisher:

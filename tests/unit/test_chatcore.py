@@ -15,7 +15,7 @@ from chatcore.app import redis_options
 from chatcore.db import Database
 from chatcore.eventlog import Delivery
 from chatcore.models import Outbox
-from chatcore.outbox import DELIVER_MANY_CHUNK, Publisher
+from chatcore.outbox import DELIVERIES_PER_CALL, Publisher
 from chatcore.service import Chat
 from longtail.errors import ApiError
 from longtail.wire import Event, Keys
@@ -169,12 +169,12 @@ async def test_events_committed_while_redis_is_down_are_published_by_the_sweep(
 async def test_a_batch_larger_than_one_script_call_is_buffered_and_published_in_order(
     chat, settings
 ):
-    """Three users' events, more than one DELIVER_MANY call takes on one Redis server
-    (a Cluster delivers one by one): each buffer keeps its newest, each head is its
+    """Three users' events, more than one DELIVER call takes on one Redis server (a
+    Cluster's calls take one each): each buffer keeps its newest, each head is its
     last seq, and a channel hears every event of its user, in order."""
     keys = Keys(settings.redis_prefix)
     publisher = Publisher(chat.db, chat.redis, keys, buffer_size=50, buffer_ttl=60)
-    users, count = [901, 902, 903], DELIVER_MANY_CHUNK
+    users, count = [901, 902, 903], DELIVERIES_PER_CALL
     deliveries = [
         Delivery(u, Event(seq, b'{"seq":%d,"user":%d}' % (seq, u)))
         for u in users
