@@ -114,7 +114,7 @@ class HeldPoll(LeanRequest):
     def finish(self) -> None:
         # Like a stream_request_body handler's get(): once the whole request is in.
         self._conn.set_close_callback(self._gone)
-        self._task = self.services.inflight.start(self._run(self._start))
+        self._step_with(self._start)
 
     def on_connection_close(self) -> None:
         """Gone while still sending its request: nothing was started."""
@@ -226,7 +226,19 @@ class HeldPoll(LeanRequest):
         if self._task is not None:
             self._again = True
             return
-        self._task = self.services.inflight.start(self._run(self._resume))
+        self._step_with(self._resume)
+
+    def _step_with(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Start a step (`work` in _run), the only one running."""
+        task = self._task = self.services.inflight.start(self._run(work))
+        task.add_done_callback(self._step_ended)
+
+    def _step_ended(self, task: asyncio.Future[None]) -> None:
+        # A task cancelled before it began (woken in the turn its connection closed, or
+        # at a stop's deadline) runs none of _run, so none of its clean-up: leave here
+        # (_leave acts once; a step cancelled while it ran has left already).
+        if task.cancelled():
+            self._leave()
 
     def _gone(self) -> None:
         """The client left. Held: its mailbox closes, which wakes the request to leave.

@@ -103,9 +103,6 @@ class HeldStream(HeldPoll):
         super()._gone()
         if task is not None:
             task.cancel()
-            # A step cancelled before it began (woken in the turn the connection closed)
-            # never runs, nor its clean-up: leave here too (_leave acts once).
-            self._leave()
 
     # -- what each kind of stream does ----------------------------------------------------
 
