@@ -129,7 +129,7 @@ async def store(
         placed, deliveries = await send_statement.store(tx, requests, now, published)
         missing = {p.pair for p in placed if p.pair is not None and p.conversation_id is None}
         if missing:
-            raise MissingConversations(sorted(cast(set[tuple[int, int]], missing)))
+            raise MissingConversations(sorted(missing))
     else:
         placed, deliveries = await store_in_steps(tx, requests, now, published)
     return await outcomes(tx, requests, placed, now), deliveries
