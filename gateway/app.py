@@ -21,6 +21,7 @@ from gateway.auth import Authenticator
 from gateway.base import DRAIN_LIMIT, Services, log_access
 from gateway.catchup import Catchup
 from gateway.chatcore_client import ChatcoreClient
+from gateway.forwarded import ForwardedFor, TrustedProxies
 from gateway.health import Healthz, Metrics, Readyz
 from gateway.hub import Hub
 from gateway.lean_send import LeanSend
@@ -220,11 +221,13 @@ class Gateway:
         sockets = bind_sockets(
             self.settings.port if port is None else port, address=self.settings.host
         )
-        # xheaders: behind nginx/haproxy the client's address and scheme come from
-        # X-Forwarded-For / X-Forwarded-Proto (deploy/ sets them).
+        # Behind nginx/HAProxy the client's address and scheme are the forwarded ones
+        # (deploy/ sets them), believed from LONGTAIL_TRUSTED_PROXIES only.
         self.server = HTTPServer(
-            make_app(self.services, self.sockets),
-            xheaders=True,
+            ForwardedFor(
+                make_app(self.services, self.sockets),
+                TrustedProxies(self.settings.trusted_proxies),
+            ),
             idle_connection_timeout=3600,
             max_body_size=DRAIN_LIMIT,
         )

@@ -6,6 +6,7 @@ stops start-up with a one-line ConfigError naming the variable.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -100,6 +101,22 @@ def _origins(raw: str) -> tuple[str, ...]:
     return tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
 
 
+def _networks(raw: str) -> tuple[str, ...]:
+    """Comma-separated addresses or CIDR networks, or `*` for any peer; empty: none."""
+    networks = []
+    for item in (n.strip() for n in raw.split(",")):
+        if item == "*":
+            networks.append(item)
+        elif item:
+            try:
+                networks.append(str(ipaddress.ip_network(item, strict=False)))
+            except ValueError:
+                raise ValueError(
+                    f"{item!r} is not an address or network (e.g. 10.0.0.0/8, ::1, or *)"
+                ) from None
+    return tuple(networks)
+
+
 def _str(raw: str) -> str:
     return raw
 
@@ -157,6 +174,9 @@ class Settings:
     argon2_time_cost: int = 3
     argon2_memory_kib: int = 65536
     allowed_origins: tuple[str, ...] = ()
+    # Peers whose X-Real-IP / X-Forwarded-For / X-Forwarded-Proto are believed (the load
+    # balancer's addresses): loopback, where deploy/'s nginx and HAProxy run.
+    trusted_proxies: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     # Testing only: chatcore exits right after this many committed writes, before
     # publishing them (0: never). The chaos tests prove the outbox on it.
     fault_exit_after_commits: int = 0
@@ -249,6 +269,7 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "argon2_time_cost": ("LONGTAIL_ARGON2_TIME_COST", _positive_int),
     "argon2_memory_kib": ("LONGTAIL_ARGON2_MEMORY_KIB", _positive_int),
     "allowed_origins": ("LONGTAIL_ALLOWED_ORIGINS", _origins),
+    "trusted_proxies": ("LONGTAIL_TRUSTED_PROXIES", _networks),
     "fault_exit_after_commits": ("LONGTAIL_FAULT_EXIT_AFTER_COMMITS", _non_negative_int),
     "log_level": ("LONGTAIL_LOG_LEVEL", _level),
     "log_format": ("LONGTAIL_LOG_FORMAT", _log_format),
