@@ -83,11 +83,13 @@ class Sessions:
         # fail the logout, or the token would keep working on the gateways.
         await self._redis.delete(self._keys.session(digest))
         if user_id is not None:
-            # Connections this session holds open end now, on every gateway, and so does
-            # what a gateway kept of the session in its process (gateway.session_cache):
-            # a failure fails the logout too (the transaction rolls back; the client may
-            # log out again).
-            await self._redis.spublish(self._keys.channel(user_id), revoked_message(digest))
+            # Connections this session holds open end now, on every gateway (the user's
+            # channel), and so does what any gateway kept of the session in its process
+            # (the revocations channel, gateway.session_cache): a failure fails the
+            # logout too (the transaction rolls back; the client may log out again).
+            message = revoked_message(digest)
+            await self._redis.spublish(self._keys.channel(user_id), message)
+            await self._redis.spublish(self._keys.revocations(), message)
 
     async def _cache(self, digest: str, user_id: int, username: str, ttl: int) -> None:
         if ttl <= 0:

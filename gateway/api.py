@@ -50,10 +50,12 @@ class Login(GatewayHandler):
 
 class Logout(GatewayHandler):
     async def post(self) -> None:
-        await self.current_user_or_401()
+        user = await self.current_user_or_401()
         await self.services.chatcore.request(
             "POST", "/internal/logout", body={"token": request_token(self.request)}
         )
+        # The client's next request may come back here before the announcement does.
+        self.services.auth.sessions.forget(user.session)
         self.clear_cookie(COOKIE, path="/")
         self.send_json({"ok": True})
 

@@ -3,11 +3,10 @@
 The token is looked up in the Redis session cache (chatcore writes it at login and
 deletes it at logout, so a logout holds on every gateway); on a miss chatcore decides.
 What Redis said is kept in the process while this gateway would hear the logout
-(gateway.session_cache), so a client polling here costs a lookup every few seconds, not
-one per request. Lookups that are not kept (a client that only sends here, its streams
-held by another gateway) are batched: those that arrive while one round trip is out
-share the next (longtail.batching). With closed-loop senders, whose requests come back
-together, that cut the sending gateway's CPU per POST by about 30% (issue 5).
+(gateway.session_cache), so a client costs a lookup every few seconds, not one per
+request. The lookups themselves are batched: those that arrive while one round trip is
+out share the next (longtail.batching), as after a reconnect, when every entry is gone
+at once.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@
   connection arrives and unsubscribed a grace period after their last one leaves.
 - One reader task per shard (never a polling loop) hands each event to the mailboxes
   of that user's connections; it never touches a socket.
+- The revocations channel, where every logout is announced, is subscribed for the
+  process's whole life (the session cache relies on it), like a user's channel that
+  is never dropped.
 - Every shard connection also subscribes the process's own control channel, so a
   reader never runs out of channels (redis-py's reader stops when the last one goes)
   and the watchdog can check end to end, shard by shard, that messages still arrive.
@@ -54,7 +57,7 @@ PLACE_RETRY = 0.5
 
 class Channel:
     """Subscription state of one user's channel on this gateway: the handle that
-    `Hub.join` returns and `Hub.leave` takes.
+    `Hub.join` returns and `Hub.leave` takes (user 0: the revocations channel).
 
     Held once per local user for as long as any of their connections is, so it is kept
     small: most users have one connection, stored as is (a set only from the second),
@@ -213,6 +216,9 @@ class Hub:
         self.gateway_id = gateway_id or uuid.uuid4().hex[:12]
         self._control = keys.control(self.gateway_id).encode()
         self._channels: dict[bytes, Channel] = {}
+        # Placed, moved and re-subscribed as users' channels are, but never dropped:
+        # `listening` and `confirmed` say since when this gateway hears every logout.
+        self.revocations_channel = Channel(0, keys.revocations().encode())
         # Shards by name; `_home` carries the control channel even with no users.
         self._by_name: dict[str, _Shard] = {}
         self._home: _Shard | None = None
@@ -228,6 +234,9 @@ class Hub:
 
     async def start(self) -> None:
         self._started = True
+        revocations = self.revocations_channel
+        self._channels[revocations.name] = revocations
+        self._place(revocations.name, revocations)
         self._placer = asyncio.create_task(self._place_forever(), name="hub-placer")
         self._watchdog = asyncio.create_task(self._watch(), name="hub-watchdog")
 
@@ -345,7 +354,8 @@ class Hub:
         return [c.user_id for c in self._channels.values() if len(c)]
 
     def channel_count(self) -> int:
-        return len(self._channels)
+        """Users' channels subscribed or lingering (not the revocations channel)."""
+        return len(self._channels) - (self.revocations_channel.name in self._channels)
 
     def channel(self, user_id: int) -> Channel | None:
         """The user's channel on this gateway, while it is joined or lingering."""

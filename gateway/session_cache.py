@@ -3,17 +3,19 @@ their logout.
 
 Why: every request used to look its token up in Redis (chatcore's session cache), and
 for a client polling at an interval that round trip was about a third of the gateway's
-CPU per poll (`python -m bench.gateway_only`). A logout deletes chatcore's key and then
-announces itself on the user's channel (chatcore.sessions.Sessions.revoke; a logout
-that cannot be announced fails), so a gateway whose subscription to that channel was
-confirmed before its lookup went out hears every logout that could follow the lookup.
-An entry is therefore made only then, and only if no logout was heard while the lookup
-was in flight. It lives as long as that same subscription, on a connection not known
-to be lost: a reconnect, a slot move or the channel's drop ends it, since pub/sub may
-lose an announcement there. It also ends with the session's own expiry, and after
-MAX_AGE in any case: what the checks cannot see (a subscriber connection that went
-silent without closing, until the watchdog replaces it) is trusted no longer than that,
-since the next lookup finds the key gone.
+CPU per poll (`python -m bench.gateway_only`); for a client that sends here and listens
+elsewhere, it was 9% of the sending gateway's CPU per POST (issue 5's profile). A logout
+deletes chatcore's key and then announces itself on the revocations channel, which
+every gateway subscribes for its whole life (chatcore.sessions.Sessions.revoke; a
+logout that cannot be announced fails). So a gateway whose subscription to that channel
+was confirmed before its lookup went out hears every logout that could follow the
+lookup. An entry is therefore made only then, and only if no logout was heard while the
+lookup was in flight. It lives as long as that same subscription, on a connection not
+known to be lost: a reconnect or a slot move ends every entry, since pub/sub may lose
+an announcement there. It also ends with the session's own expiry, and after MAX_AGE in
+any case: what the checks cannot see (a subscriber connection that went silent without
+closing, until the watchdog replaces it) is trusted no longer than that, since the next
+lookup finds the key gone.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from gateway.auth import User
-    from gateway.hub import Channel, Hub
+    from gateway.hub import Hub
 
 # Seconds an entry is trusted at most: long enough that a client polling every second
 # costs a Redis lookup every tenth poll, short enough to bound a logout missed on a
@@ -40,8 +42,7 @@ class Mark(NamedTuple):
 
 class _Entry(NamedTuple):
     user: User
-    channel: Channel
-    confirmed: int  # the channel's confirmation this entry relies on
+    confirmed: int  # the revocations channel's confirmation this entry relies on
     expires: float
 
 
@@ -66,7 +67,7 @@ class SessionCache:
         entry = self._current.get(session) or self._previous.get(session)
         if entry is None:
             return None
-        channel = entry.channel
+        channel = self._hub.revocations_channel
         if (
             channel.confirmed != entry.confirmed
             or not channel.listening
@@ -87,8 +88,8 @@ class SessionCache:
         hub = self._hub
         if hub.revocations != mark.revocations:
             return  # a logout was heard meanwhile: maybe this session's
-        channel = hub.channel(user.id)
-        if channel is None or not channel.listening:
+        channel = hub.revocations_channel
+        if not channel.listening:
             return
         if channel.confirmed > mark.confirmations:
             return  # not subscribed before the lookup went out
@@ -97,11 +98,11 @@ class SessionCache:
             self._previous, self._current = self._current, {}
             self._rotate_at = now + self._max_age
         self._current[user.session] = _Entry(
-            user, channel, channel.confirmed, now + min(self._max_age, remaining)
+            user, channel.confirmed, now + min(self._max_age, remaining)
         )
 
     def forget(self, session: str) -> None:
-        """The session logged out (heard on its user's channel)."""
+        """The session logged out (heard on the revocations or its user's channel)."""
         self._current.pop(session, None)
         self._previous.pop(session, None)
 

@@ -90,6 +90,11 @@ class Keys:
         """A rate limit's counter for one subject (a user id, a username, an address)."""
         return f"{self.prefix}:rate:{name}:{subject}"
 
+    def revocations(self) -> str:
+        """Every logout, announced to every gateway (besides the user's own channel), so
+        a gateway may keep any session it verified, not only those of users it holds."""
+        return f"{self.prefix}:revoked"
+
     def control(self, gateway_id: str) -> str:
         """A gateway's own channel: keeps its subscriber alive and carries watchdog pings."""
         return f"{self.prefix}:gw:{gateway_id}"

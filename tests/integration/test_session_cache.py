@@ -1,10 +1,10 @@
 """The gateway's own session cache never outlives a logout it could have missed.
 
-A gateway keeps a verified session in the process only while it hears the user's
-channel, where chatcore announces the logout. These tests play chatcore's part on the
-wire (the session key, then `x:<hash>` on the channel) against a hub whose subscriber
-runs through a proxy the test can cut: a fakeredis TCP server by default, the real
-Redis when LONGTAIL_TEST_REDIS_URL is set.
+A gateway keeps a verified session in the process only while it hears the revocations
+channel, where chatcore announces every logout. These tests play chatcore's part on the
+wire (the session key, then `x:<hash>` on the user's channel and on the revocations
+channel) against a hub whose subscriber runs through a proxy the test can cut: a
+fakeredis TCP server by default, the real Redis when LONGTAIL_TEST_REDIS_URL is set.
 """
 
 from __future__ import annotations
@@ -66,10 +66,20 @@ async def rig(redis_target, redis_prefix):
     await direct.aclose()
 
 
-async def log_out(direct: Redis, keys: Keys) -> None:
+async def log_out(direct: Redis, keys: Keys, session: str = SESSION) -> None:
     """What chatcore.sessions.Sessions.revoke does on the wire."""
-    await direct.delete(keys.session(SESSION))
-    await direct.spublish(keys.channel(1), revoked_message(SESSION))
+    await direct.delete(keys.session(session))
+    await direct.spublish(keys.channel(1), revoked_message(session))
+    await direct.spublish(keys.revocations(), revoked_message(session))
+
+
+async def reconnected(proxy: FaultyProxy, hub: Hub) -> None:
+    """The subscriber's connection is cut; the hub reconnects and re-subscribes."""
+    reconnects = hub.reconnects
+    proxy.cut()
+    await eventually(
+        lambda: hub.reconnects > reconnects and hub.healthy, deadline=10, what="reconnected"
+    )
 
 
 async def refused(auth: Authenticator) -> bool:
@@ -80,83 +90,91 @@ async def refused(auth: Authenticator) -> bool:
     return False
 
 
-async def test_a_listening_users_requests_after_the_first_skip_redis(rig):
+async def test_requests_after_the_first_skip_redis_whether_or_not_the_user_is_held_here(
+    rig,
+):
     _, hub, direct, keys, auth, _ = rig
-    async with hub.listen(1, Mailbox(10)):
-        assert (await auth.user(TOKEN)).id == 1
-        # The key is gone without an announcement: only the cache can answer now.
-        await direct.delete(keys.session(SESSION))
-        for _ in range(3):
-            assert (await auth.user(TOKEN)).username == "ann"
-    assert auth.sessions.hits == 3
-
-
-async def test_nothing_is_kept_for_a_user_this_gateway_does_not_hear(rig):
-    _, _, direct, keys, auth, chatcore = rig
-    assert (await auth.user(TOKEN)).id == 1  # no channel of user 1 here
+    assert (await auth.user(TOKEN)).id == 1  # a sender: no connection of user 1 here
+    # The key is gone without an announcement: only the cache can answer now.
     await direct.delete(keys.session(SESSION))
-    assert await refused(auth) and chatcore.asked == 1
-
-
-async def test_a_logout_heard_on_the_channel_ends_the_cached_session(rig):
-    _, hub, direct, keys, auth, _ = rig
+    for _ in range(3):
+        assert (await auth.user(TOKEN)).username == "ann"
     async with hub.listen(1, Mailbox(10)):
-        await auth.user(TOKEN)
+        assert (await auth.user(TOKEN)).username == "ann"
+    assert auth.sessions.hits == 4
+
+
+async def test_a_logout_heard_on_the_revocations_channel_ends_the_cached_session(rig):
+    _, hub, direct, keys, auth, _ = rig
+    await auth.user(TOKEN)
+    await direct.delete(keys.session(SESSION))
+    await direct.spublish(keys.revocations(), revoked_message(SESSION))
+    await eventually(lambda: hub.revocations == 1, what="the logout heard")
+    assert await refused(auth)
+
+
+async def test_a_logout_ends_the_session_and_its_connections_here(rig):
+    _, hub, direct, keys, auth, _ = rig
+    mailbox = Mailbox(10, SESSION)
+    async with hub.listen(1, mailbox):
+        user = await auth.user(TOKEN)
+        assert user.session == SESSION
         await log_out(direct, keys)
-        await eventually(lambda: hub.revocations == 1, what="the logout heard")
+        # Heard twice: on the user's channel (which closes the session's connections)
+        # and on the revocations channel.
+        await eventually(lambda: hub.revocations == 2, what="the logout heard")
+        assert mailbox.closed == "logged_out"
         assert await refused(auth)
 
 
 async def test_a_logout_announced_while_the_subscriber_was_down_still_counts(rig):
     proxy, hub, direct, keys, auth, _ = rig
-    async with hub.listen(1, Mailbox(10)):
-        await auth.user(TOKEN)
-        proxy.refuse = True
-        proxy.cut()
-        await eventually(lambda: not hub.healthy, what="the hub notices the cut")
-        await log_out(direct, keys)  # nobody hears it
-        assert hub.revocations == 0
-        assert await refused(auth), "refused while the subscriber is down"
-        proxy.refuse = False
-        await eventually(lambda: hub.healthy, deadline=10, what="reconnected")
-        assert await refused(auth), "refused after the subscriber is back"
+    await auth.user(TOKEN)
+    proxy.refuse = True
+    proxy.cut()
+    await eventually(lambda: not hub.healthy, what="the hub notices the cut")
+    await log_out(direct, keys)  # nobody hears it
+    assert hub.revocations == 0
+    assert await refused(auth), "refused while the subscriber is down"
+    proxy.refuse = False
+    await eventually(lambda: hub.healthy, deadline=10, what="reconnected")
+    assert await refused(auth), "refused after the subscriber is back"
 
 
 async def test_a_lookup_is_kept_only_if_the_subscription_came_first_and_no_logout_crossed_it(
     rig,
 ):
-    _, hub, direct, keys, auth, _ = rig
+    proxy, hub, direct, keys, auth, _ = rig
     cache = auth.sessions
     user = await auth.user(TOKEN)
+    cache.forget(SESSION)
     before_subscribing = cache.mark()
-    async with hub.listen(1, Mailbox(10)):
-        cache.keep(user, before_subscribing, 60)
-        assert cache.get(SESSION) is None, "the logout could have come before the SSUBSCRIBE"
+    await reconnected(proxy, hub)
+    cache.keep(user, before_subscribing, 60)
+    assert cache.get(SESSION) is None, "the logout could have come before the SSUBSCRIBE"
 
-        crossed = cache.mark()
-        await direct.spublish(keys.channel(1), revoked_message("another session of hers"))
-        await eventually(lambda: hub.revocations == 1, what="a logout heard")
-        cache.keep(user, crossed, 60)
-        assert cache.get(SESSION) is None, "a logout heard during the lookup may be this one"
+    crossed = cache.mark()
+    await direct.spublish(keys.revocations(), revoked_message("another session"))
+    await eventually(lambda: hub.revocations == 1, what="a logout heard")
+    cache.keep(user, crossed, 60)
+    assert cache.get(SESSION) is None, "a logout heard during the lookup may be this one"
 
-        cache.keep(user, cache.mark(), 60)
-        assert cache.get(SESSION) == user
+    cache.keep(user, cache.mark(), 60)
+    assert cache.get(SESSION) == user
 
 
-async def test_an_entry_ends_with_the_session_and_with_the_channel(rig):
-    _, hub, _, _, auth, _ = rig
+async def test_an_entry_ends_with_the_session_and_with_the_subscription(rig):
+    proxy, hub, _, _, auth, _ = rig
     cache = auth.sessions
     user = await auth.user(TOKEN)
-    async with hub.listen(1, Mailbox(10)):
-        cache.keep(user, cache.mark(), 0.05)  # the session expires in 50 ms
-        assert cache.get(SESSION) == user
-        await eventually(lambda: cache.get(SESSION) is None, deadline=2, what="expired")
+    cache.keep(user, cache.mark(), 0.05)  # the session expires in 50 ms
+    assert cache.get(SESSION) == user
+    await eventually(lambda: cache.get(SESSION) is None, deadline=2, what="expired")
 
-        cache.keep(user, cache.mark(), 60)
-        assert cache.get(SESSION) == user
-    # The last connection left: after the grace the channel is dropped, and with it the
-    # only way this gateway would hear the logout.
-    await eventually(lambda: hub.channel(1) is None, what="channel dropped")
+    cache.keep(user, cache.mark(), 60)
+    assert cache.get(SESSION) == user
+    # A logout published while the connection was being replaced is lost to pub/sub.
+    await reconnected(proxy, hub)
     assert cache.get(SESSION) is None
 
 

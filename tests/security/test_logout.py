@@ -87,6 +87,39 @@ async def test_a_gateway_that_kept_the_session_in_process_refuses_it_after_the_l
     ).status == 401
 
 
+async def test_a_gateway_the_user_only_sent_through_refuses_the_session_after_the_logout(
+    pair, stack
+):
+    """Gateway 1 holds nothing of alice's (no channel of hers is heard there), yet it
+    kept her session after her first send; the logout reaches it on the revocations
+    channel."""
+    alice, bob = pair
+    sent_on = stack.gateways[1]
+    for n in range(3):
+        assert (await alice.send(bob, f"hi {n}", base=stack.urls[1])).status == 201
+    assert sent_on.hub.channel(alice.user_id) is None
+    assert sent_on.services.auth.sessions.hits >= 2
+    heard = sent_on.hub.revocations
+    await logged_out(alice)
+    await eventually(lambda: sent_on.hub.revocations > heard, what="gateway 1 heard it")
+    for method, path, body in REST:
+        resp = await alice.request(method, path, body, base=stack.urls[1])
+        assert (resp.status, resp.error_code) == (401, "unauthorized"), path
+
+
+async def test_the_gateway_that_made_the_logout_refuses_the_session_before_any_announcement(
+    pair, stack
+):
+    alice, _ = pair
+    gateway = stack.gateways[0]
+    assert (await alice.request("GET", "/api/me")).status == 200
+    assert (await alice.request("GET", "/api/me")).status == 200
+    assert gateway.services.auth.sessions.hits >= 1
+    gateway.hub.on_revoked = None  # as if the announcement were still on its way
+    await logged_out(alice)
+    assert (await alice.request("GET", "/api/me")).status == 401
+
+
 async def test_logout_removes_the_cached_session_and_spares_the_users_other_sessions(
     new_client, stack, redis_factory, settings
 ):
