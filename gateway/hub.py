@@ -538,7 +538,7 @@ class Hub:
         shard.last_heard = asyncio.get_running_loop().time()
         if self.reconnects or shard.channels:
             log.info(
-                "redis subscriber %s connected, %d user channel(s)", shard.name, len(shard.channels)
+                "redis subscriber %s connected, %d channel(s)", shard.name, len(shard.channels)
             )
         return pubsub
 
