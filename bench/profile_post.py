@@ -1,0 +1,160 @@
+"""The sending gateway under closed-loop sends: CPU per send of every process, repeated.
+
+    python -m bench.profile_post [--transport sse|long-poll|websocket] [--runs 3]
+                                 [--py-spy FILE] [--output FILE]
+
+bench.compare's throughput phase alone, for Longtail only: chatcore on a throw-away
+PostgreSQL database, two gateways, real Redis; --senders closed-loop senders on gateway
+1 (POST /api/messages, or `send` frames on their WebSockets for --transport websocket),
+their receivers on gateway 2 over --transport. Each run is a fresh deployment, audited
+like bench.compare's (nothing lost, duplicated or out of order, or the exit is 1), and
+prints delivered/s and CPU ms per event by process; the last line gives the medians.
+
+It answers "did this change make the sending gateway cheaper?" in a few minutes, where
+a whole bench.compare run takes ten. To compare two checkouts, run it from each in
+turn, alternating (`cd DIR && PYTHONPATH=DIR python -m bench.profile_post`): the
+processes it starts import the code of the directory it runs in. `--py-spy FILE` adds
+a run that is not counted, and writes py-spy's raw samples of gateway 1 during it
+(py-spy is a profiling tool, not a project dependency: `pip install py-spy`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+
+from bench import longtail_side
+from bench.cluster import BenchError, raise_open_files
+from bench.load import TimedAudit, drive
+from bench.profile_send import PY_SPY_RATE, stop_py_spy, summarize_py_spy
+from bench.run import make_pairs
+from longtail.wire import Keys
+
+DEFAULT_DATABASE = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+async def one_run(args: argparse.Namespace, spy_to: str | None) -> dict[str, Any]:
+    """A fresh deployment, its senders and receivers, one measured window."""
+    log_dir = Path(tempfile.mkdtemp(prefix="profile_post-"))
+    async with longtail_side.running_longtail(
+        log_dir, args.redis_url, args.database_url
+    ) as cluster:
+        gw1, gw2 = cluster.gateways
+        redis = Redis.from_url(args.redis_url)
+        try:
+            async with longtail_side.client_session() as http:
+                pairs = await make_pairs(http, gw2.url, args.senders)
+            receivers = [p.receiver for p in pairs]
+            audit = TimedAudit(len(pairs))
+            async with (
+                longtail_side.listening(
+                    args.transport,
+                    gw2,
+                    receivers,
+                    [audit] * len(pairs),
+                    redis,
+                    Keys(cluster.prefix),
+                ) as tasks,
+                longtail_side.client_session() as http,
+                longtail_side.message_poster(
+                    args.transport, http, gw1, [p.sender for p in pairs]
+                ) as posts,
+            ):
+                spy = None
+                if spy_to is not None:
+                    spy = subprocess.Popen(
+                        [
+                            *("py-spy", "record", "--rate", str(PY_SPY_RATE), "--format", "raw"),
+                            *("--output", spy_to, "--pid", str(gw1.pid)),
+                        ],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                try:
+                    result = await drive(
+                        longtail_side.direct_sender(posts, pairs),
+                        len(pairs),
+                        audit,
+                        tasks,
+                        [gw1, gw2, cluster.chatcore],
+                        duration=args.seconds,
+                    )
+                finally:
+                    await stop_py_spy(spy)
+        finally:
+            await redis.aclose()
+    return result
+
+
+def line(result: dict[str, Any]) -> str:
+    cpu = ", ".join(f"{name} {ms:.3f}" for name, ms in result["cpu_ms_per_event"].items())
+    return f"{result['delivered_per_s']} delivered/s; CPU ms per event: {cpu}"
+
+
+def medians(results: list[dict[str, Any]]) -> dict[str, Any]:
+    names = results[0]["cpu_ms_per_event"]
+    return {
+        "delivered_per_s": statistics.median(r["delivered_per_s"] or 0 for r in results),
+        "cpu_ms_per_event": {
+            n: round(statistics.median(r["cpu_ms_per_event"][n] for r in results), 3) for n in names
+        },
+    }
+
+
+async def profile(args: argparse.Namespace) -> int:
+    results = []
+    # py-spy takes CPU of its own: its run comes after the measured ones, uncounted.
+    for run in range(args.runs + (1 if args.py_spy else 0)):
+        sampled = run == args.runs
+        result = await one_run(args, args.py_spy if sampled else None)
+        label = "sampled run (not counted)" if sampled else f"run {run + 1}"
+        print(f"{label}: {line(result)}", flush=True)
+        if result["failures"]:
+            print(f"{label} failed its audit: {result['failures']}", file=sys.stderr)
+            return 1
+        if not sampled:
+            results.append(result)
+    summary = medians(results)
+    print(f"medians of {len(results)}: {line(summary)}")
+    if args.py_spy:
+        print(summarize_py_spy(Path(args.py_spy), args.top))
+    if args.output:
+        Path(args.output).write_text(
+            json.dumps({"args": vars(args), "runs": results, "medians": summary}, indent=1)
+        )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--transport", choices=longtail_side.TRANSPORTS, default="sse")
+    parser.add_argument("--senders", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--database-url", default=DEFAULT_DATABASE)
+    parser.add_argument("--py-spy", help="raw py-spy samples of gateway 1, in one more run")
+    parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--output", help="JSON results")
+    args = parser.parse_args(argv)
+    raise_open_files()
+    try:
+        return asyncio.run(profile(args))
+    except BenchError as exc:
+        print(f"profile_post: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
