@@ -14,8 +14,9 @@ It answers "did this change make the sending gateway cheaper?" in a few minutes,
 a whole bench.compare run takes ten. To compare two checkouts, run it from each in
 turn, alternating (`cd DIR && PYTHONPATH=DIR python -m bench.profile_post`): the
 processes it starts import the code of the directory it runs in. `--py-spy FILE` adds
-a run that is not counted, and writes py-spy's raw samples of gateway 1 during it
-(py-spy is a profiling tool, not a project dependency: `pip install py-spy`).
+a run that is not counted, and writes py-spy's raw samples of one process during it
+(`--sample`: gateway1, the sending one, by default; py-spy is a profiling tool, not a
+project dependency: `pip install py-spy`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ async def one_run(args: argparse.Namespace, spy_to: str | None) -> dict[str, Any
         log_dir, args.redis_url, args.database_url
     ) as cluster:
         gw1, gw2 = cluster.gateways
+        sampled = {"gateway1": gw1, "gateway2": gw2, "chatcore": cluster.chatcore}
         redis = Redis.from_url(args.redis_url)
         try:
             async with longtail_side.client_session() as http:
@@ -74,7 +76,7 @@ async def one_run(args: argparse.Namespace, spy_to: str | None) -> dict[str, Any
                     spy = subprocess.Popen(
                         [
                             *("py-spy", "record", "--rate", str(PY_SPY_RATE), "--format", "raw"),
-                            *("--output", spy_to, "--pid", str(gw1.pid)),
+                            *("--output", spy_to, "--pid", str(sampled[args.sample].pid)),
                         ],
                         stdout=subprocess.DEVNULL,
                         stderr=subprocess.DEVNULL,
@@ -123,8 +125,9 @@ async def profile(args: argparse.Namespace) -> int:
             return 1
         if not sampled:
             results.append(result)
-    summary = medians(results)
-    print(f"medians of {len(results)}: {line(summary)}")
+    summary = medians(results) if results else None
+    if summary is not None:
+        print(f"medians of {len(results)}: {line(summary)}")
     if args.py_spy:
         print(summarize_py_spy(Path(args.py_spy), args.top))
     if args.output:
@@ -144,7 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--database-url", default=DEFAULT_DATABASE)
-    parser.add_argument("--py-spy", help="raw py-spy samples of gateway 1, in one more run")
+    parser.add_argument("--py-spy", help="raw py-spy samples of one process, in one more run")
+    parser.add_argument(
+        "--sample", choices=("gateway1", "gateway2", "chatcore"), default="gateway1"
+    )
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--output", help="JSON results")
     args = parser.parse_args(argv)
