@@ -376,7 +376,10 @@ def _shed(headers: httputil.HTTPHeaders) -> None:
     are often a kilobyte per held poll.
     """
     connection = headers.get("Connection")
-    headers.clear()
+    # Emptied in place (Tornado holds this object) by its own constructor: the clear()
+    # of MutableMapping pops one header at a time through HTTPHeaders' Python methods,
+    # 4.5 µs for a browser's nine headers here against 0.5.
+    httputil.HTTPHeaders.__init__(headers)
     if connection is not None:
         headers["Connection"] = connection
 

@@ -9,8 +9,9 @@ import logging
 from typing import Any
 
 import pytest
+from tornado.httputil import HTTPHeaders
 
-from gateway.transports.lean import HeldPoll
+from gateway.transports.lean import HeldPoll, _shed
 from tests.waiting import eventually
 
 
@@ -61,6 +62,19 @@ async def test_a_client_that_leaves_is_deregistered_at_once(pair, stack, http):
     assert gateway.hub.connection_count() == 0
     held = services.metrics.held.labels("longpoll")._value.get()
     assert held == 0 and services.metrics.pending_polls._value.get() == 0
+
+
+def test_shedding_keeps_only_connection_on_the_same_headers_object() -> None:
+    browser = {"Host": "chat.example", "Cookie": "a=1; b=2", "User-Agent": "Mozilla/5.0"}
+    headers = HTTPHeaders({**browser, "Connection": "keep-alive"})
+    _shed(headers)
+    assert list(headers.get_all()) == [("Connection", "keep-alive")]
+    assert "Cookie" not in headers and headers.get("Host") is None
+    bare = HTTPHeaders(browser)
+    _shed(bare)
+    assert list(bare.get_all()) == []
+    bare.add("Connection", "close")  # still a working HTTPHeaders
+    assert bare["Connection"] == "close"
 
 
 async def test_keep_alive_choices_survive_the_shed_headers(pair, stack):
