@@ -64,6 +64,18 @@ async def test_a_logged_out_token_is_refused_by_every_transport(pair, stack, htt
     assert {w: s for w, s in after.items() if s != 401} == {}
 
 
+async def refused_after_the_logout_is_heard(client: Client, stack, gateway: int) -> None:
+    """Log `client` out (through its own gateway), wait until gateway `gateway` heard it,
+    then every REST call there with the old token is a 401."""
+    hub = stack.gateways[gateway].hub
+    heard = hub.revocations
+    await logged_out(client)
+    await eventually(lambda: hub.revocations > heard, what=f"gateway {gateway} heard it")
+    for method, path, body in REST:
+        resp = await client.request(method, path, body, base=stack.urls[gateway])
+        assert (resp.status, resp.error_code) == (401, "unauthorized"), path
+
+
 async def test_a_gateway_that_kept_the_session_in_process_refuses_it_after_the_logout(pair, stack):
     """Interval polls on gateway 1 keep alice's channel heard there, so from the second
     on her session comes from that gateway's own cache; a logout made through gateway 0
@@ -74,12 +86,7 @@ async def test_a_gateway_that_kept_the_session_in_process_refuses_it_after_the_l
     for _ in range(3):
         await alice.poll(base=stack.urls[1], timeout=0)
     assert cached_on.services.auth.sessions.hits >= 1
-    heard = cached_on.hub.revocations
-    await logged_out(alice)
-    await eventually(lambda: cached_on.hub.revocations > heard, what="gateway 1 heard it")
-    for method, path, body in REST:
-        resp = await alice.request(method, path, body, base=stack.urls[1])
-        assert (resp.status, resp.error_code) == (401, "unauthorized"), path
+    await refused_after_the_logout_is_heard(alice, stack, 1)
     assert (
         await alice.request(
             "GET", f"/api/events?cursor={alice.cursor}&timeout=0", base=stack.urls[1]
@@ -99,12 +106,7 @@ async def test_a_gateway_the_user_only_sent_through_refuses_the_session_after_th
         assert (await alice.send(bob, f"hi {n}", base=stack.urls[1])).status == 201
     assert sent_on.hub.channel(alice.user_id) is None
     assert sent_on.services.auth.sessions.hits >= 2
-    heard = sent_on.hub.revocations
-    await logged_out(alice)
-    await eventually(lambda: sent_on.hub.revocations > heard, what="gateway 1 heard it")
-    for method, path, body in REST:
-        resp = await alice.request(method, path, body, base=stack.urls[1])
-        assert (resp.status, resp.error_code) == (401, "unauthorized"), path
+    await refused_after_the_logout_is_heard(alice, stack, 1)
 
 
 async def test_the_gateway_that_made_the_logout_refuses_the_session_before_any_announcement(
