@@ -66,11 +66,11 @@ async def rig(redis_target, redis_prefix):
     await direct.aclose()
 
 
-async def log_out(direct: Redis, keys: Keys, session: str = SESSION) -> None:
+async def log_out(direct: Redis, keys: Keys) -> None:
     """What chatcore.sessions.Sessions.revoke does on the wire."""
-    await direct.delete(keys.session(session))
-    await direct.spublish(keys.channel(1), revoked_message(session))
-    await direct.spublish(keys.revocations(), revoked_message(session))
+    await direct.delete(keys.session(SESSION))
+    await direct.spublish(keys.channel(1), revoked_message(SESSION))
+    await direct.spublish(keys.revocations(), revoked_message(SESSION))
 
 
 async def reconnected(proxy: FaultyProxy, hub: Hub) -> None:
