@@ -188,8 +188,11 @@ async def test_primary_killed_during_traffic_nothing_lost_or_duplicated(
     for gateway in procs.gateways:  # each hears the new primary again (its backoff ends)
         await procs.wait_ready(gateway)
     assert (await sender.send(watcher, "after")).status == 201
-    done, _ = await asyncio.wait(watching, timeout=10)
-    if len(done) < len(watching):  # which gateway's stream waits, and what it logged
+    done, waiting = await asyncio.wait(watching, timeout=10)
+    if waiting:  # which gateway's stream waits, and what it logged
+        for stream in waiting:
+            stream.cancel()
+        await asyncio.wait(waiting)
         logs = "\n".join(f"--- {g.name}\n{g.log_tail(60)}" for g in procs.gateways)
         raise AssertionError(f"streams done: {[w in done for w in watching]}\n{logs}")
     streams = [w.result() for w in watching]
