@@ -89,6 +89,7 @@ async def one_run(args: argparse.Namespace, spy_to: str | None) -> dict[str, Any
                         tasks,
                         [gw1, gw2, cluster.chatcore],
                         duration=args.seconds,
+                        rate=args.rate,
                     )
                 finally:
                     await stop_py_spy(spy)
@@ -99,7 +100,14 @@ async def one_run(args: argparse.Namespace, spy_to: str | None) -> dict[str, Any
 
 def line(result: dict[str, Any]) -> str:
     cpu = ", ".join(f"{name} {ms:.3f}" for name, ms in result["cpu_ms_per_event"].items())
-    return f"{result['delivered_per_s']} delivered/s; CPU ms per event: {cpu}"
+    text = f"{result['delivered_per_s']} delivered/s; CPU ms per event: {cpu}"
+    if result.get("rate") is not None:
+        summary, answer = result["summary"], result["summary"]["send_round_trip"]
+        text += (
+            f"; latency p50 {summary['p50_ms']} p99 {summary['p99_ms']} ms"
+            f", answer p50 {answer['p50_ms']} p99 {answer['p99_ms']} ms"
+        )
+    return text
 
 
 def medians(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -144,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transport", choices=longtail_side.TRANSPORTS, default="sse")
     parser.add_argument("--senders", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--rate", type=float, help="msg/s in total, paced (the latency phase); default closed loop"
+    )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--database-url", default=DEFAULT_DATABASE)

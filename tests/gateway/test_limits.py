@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
+from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.limits import ConnectionLimits
+from gateway.limits import MOST_LEASED, ConnectionLimits, Rate, RateLimiter
 from longtail.errors import ApiError
+from longtail.wire import Keys
 from tests.client import Client
 from tests.waiting import eventually
 
@@ -35,6 +38,78 @@ async def test_send_rate_is_one_limit_across_all_gateways(pair, tight):
     assert [e["message"]["body"] for e in events if e["type"] == "message"] == [
         f"n{i}" for i in range(5)
     ]
+
+
+@pytest.fixture
+async def limiters(redis_factory, redis_prefix) -> AsyncIterator[list[RateLimiter]]:
+    """Two gateways' rate limiters on one Redis."""
+    made = [RateLimiter(redis_factory(), Keys(redis_prefix)) for _ in range(2)]
+    yield made
+    for limiter in made:
+        await limiter.aclose()
+
+
+async def counted(redis_factory, redis_prefix, subject: str = "7") -> int:
+    """The uses Redis has counted for `subject`'s sends, leases included."""
+    value = await redis_factory().get(Keys(redis_prefix).rate("sends", subject))
+    return int(value or 0)
+
+
+async def test_no_mix_of_gateways_lets_a_subject_past_its_limit(limiters):
+    rate, mix = Rate("sends", 200, 60), random.Random(5)
+    allowed = 0
+    for _ in range(150):
+        got, refusal = await mix.choice(limiters).take(rate, "7", mix.randint(1, 3))
+        allowed += got
+    # Leases left unspent on either gateway are the only uses short of the limit.
+    assert 200 - 2 * 200 // 8 <= allowed <= 200
+    assert refusal is not None and refusal.code == "rate_limited"
+
+
+async def test_a_client_that_moves_gateway_is_refused_at_most_an_eighth_early(limiters):
+    first, second = limiters
+    rate = Rate("sends", 80, 60)
+    assert await first.take(rate, "7", 1) == (1, None)  # and a lease, unspent
+    allowed = 0
+    for _ in range(100):
+        allowed += (await second.take(rate, "7", 1))[0]
+    assert 80 - 1 - 80 // 8 <= allowed <= 80 - 1
+
+
+async def test_far_from_its_limit_a_sender_asks_redis_once_per_lease(
+    limiters, redis_factory, redis_prefix
+):
+    limiter, rate = limiters[0], Rate("sends", 100_000, 60)
+    await limiter.take(rate, "7", 1)
+    assert await counted(redis_factory, redis_prefix) == 1 + MOST_LEASED
+    for _ in range(MOST_LEASED):
+        assert await limiter.take(rate, "7", 1) == (1, None)
+    assert await counted(redis_factory, redis_prefix) == 1 + MOST_LEASED
+    await limiter.take(rate, "7", 1)
+    assert await counted(redis_factory, redis_prefix) == 2 * (1 + MOST_LEASED)
+
+
+async def test_one_gateway_gives_exactly_the_limit(limiters, redis_factory, redis_prefix):
+    limiter, rate = limiters[0], Rate("sends", 16, 60)
+    outcomes = [await limiter.take(rate, "7", 1) for _ in range(20)]
+    assert [got for got, _ in outcomes] == [1] * 16 + [0] * 4
+    assert all(refusal is None for _, refusal in outcomes[:16])
+    assert 1 <= int(outcomes[-1][1].headers["Retry-After"]) <= 60
+    # Past half the limit nothing is leased: Redis counted each use as it came.
+    assert await counted(redis_factory, redis_prefix) == 20
+
+
+async def test_a_lease_ends_with_its_window(limiters, redis_factory, redis_prefix):
+    limiter, rate = limiters[0], Rate("sends", 100_000, 1)
+    await limiter.take(rate, "7", 1)
+    assert await counted(redis_factory, redis_prefix) == 1 + MOST_LEASED
+
+    async def window_ended() -> bool:
+        return await counted(redis_factory, redis_prefix) == 0
+
+    await eventually(window_ended, deadline=5, what="the one-second window to end")
+    await limiter.take(rate, "7", 1)  # the rest of the old lease is not spent
+    assert await counted(redis_factory, redis_prefix) == 1 + MOST_LEASED
 
 
 async def test_friend_requests_are_limited(new_client, tight):
