@@ -87,6 +87,8 @@ MAX_WRITE_BUFFER = 4 * 1024 * 1024
 VALID_CLOSE_CODES = frozenset((*range(1000, 1004), *range(1007, 1015), *range(3000, 5000)))
 
 TEXT, BINARY, CONTINUATION, CLOSE, PING, PONG = 0x1, 0x2, 0x0, 0x8, 0x9, 0xA
+# The most one read takes: many send frames, or a good part of a large one.
+READ_CHUNK = 64 * 1024
 
 
 class HeldSocket(HeldStream):
@@ -95,9 +97,9 @@ class HeldSocket(HeldStream):
     __slots__ = (
         "_closing",
         "_fragments",
-        "_header",
         "_heard",
         "_held",
+        "_inbox",
         "_key",
         "_message_size",
         "_message_text",
@@ -121,7 +123,7 @@ class HeldSocket(HeldStream):
         self._stream: IOStream | None = None  # once upgraded
         self._heard = True  # a frame (a pong...) came since the last ping
         self._closing = False  # our close frame is out
-        self._header = 0  # the first byte of the frame being read
+        self._inbox = b""  # what was read of the frames not yet whole
         self._fragments: list[bytes] | None = None  # the message being read
         self._message_size = 0  # ... its size so far (each fragment counts a byte at least)
         self._message_text = False  # ... and whether it is text
@@ -188,7 +190,7 @@ class HeldSocket(HeldStream):
         stream.set_close_callback(self._gone)
         stream.write(("\r\n".join(lines) + "\r\n\r\n").encode())
         self._log(101)
-        self._read(2, self._on_header)
+        self._read()
 
     # -- events out ----------------------------------------------------------------------
 
@@ -305,62 +307,73 @@ class HeldSocket(HeldStream):
 
     # -- frames in -----------------------------------------------------------------------
 
-    def _read(self, size: int, then: Any) -> None:
+    def _read(self) -> None:
+        """Read what has come, whatever it holds (part of a frame, several frames).
+
+        One read per batch of bytes, not one per frame part: a read that ends with
+        nothing left in Tornado's buffer keeps the socket registered for reading, where a
+        header read followed by its payload's had Tornado stop and restart listening
+        (two epoll_ctl calls per frame, a tenth of the sending gateway's CPU).
+        """
         stream = self._stream
         if stream is None or stream.closed():
             return
         try:
-            reading = asyncio.ensure_future(stream.read_bytes(size))
+            reading = asyncio.ensure_future(stream.read_bytes(READ_CHUNK, partial=True))
         except StreamClosedError:
             return
-        reading.add_done_callback(then)
+        reading.add_done_callback(self._on_data)
 
-    def _on_header(self, reading: asyncio.Future[bytes]) -> None:
+    def _on_data(self, reading: asyncio.Future[bytes]) -> None:
         data = _received(reading)
         if data is None:
             return
-        first, second = data
-        opcode, length = first & 0x0F, second & 0x7F
-        if first & 0x70 or not second & 0x80:  # extension bits, or an unmasked frame
-            self._fail(CLOSE_PROTOCOL_ERROR, "protocol_error")
-        elif opcode >= CLOSE and (not first & 0x80 or length > 125):
-            self._fail(CLOSE_PROTOCOL_ERROR, "protocol_error")  # control frames are small
-        else:
-            self._header = first
-            if length == 126:
-                self._read(2, self._on_length)
-            elif length == 127:
-                self._read(8, self._on_length)
-            else:
-                self._payload(length)
-
-    def _on_length(self, reading: asyncio.Future[bytes]) -> None:
-        data = _received(reading)
-        if data is not None:
-            self._payload(int.from_bytes(data, "big"))
-
-    def _payload(self, length: int) -> None:
-        opcode = self._header & 0x0F
-        if opcode < CLOSE:  # data: the message's size so far counts (control frames: no)
-            before = self._message_size if opcode == CONTINUATION else 0
-            # At least a byte per fragment: endless empty fragments end too.
-            size = self._message_size = before + max(length, 1)
-            if size > self.services.settings.max_request_bytes:
-                self._fail(CLOSE_TOO_BIG, "message_too_big")
+        inbox = self._inbox + data if self._inbox else data
+        pos, end = 0, len(inbox)
+        while end - pos >= 2:
+            first, second = inbox[pos], inbox[pos + 1]
+            opcode, length = first & 0x0F, second & 0x7F
+            if first & 0x70 or not second & 0x80:  # extension bits, or an unmasked frame
+                self._fail(CLOSE_PROTOCOL_ERROR, "protocol_error")
                 return
-        self._read(4 + length, self._on_payload)  # the mask, then the payload
+            if opcode >= CLOSE and (not first & 0x80 or length > 125):
+                self._fail(CLOSE_PROTOCOL_ERROR, "protocol_error")  # control frames are small
+                return
+            head = pos + 2
+            if length >= 126:
+                extra = 2 if length == 126 else 8
+                if end - head < extra:
+                    break
+                length = int.from_bytes(inbox[head : head + extra], "big")
+                head += extra
+            size = 0
+            if opcode < CLOSE:  # data: the message's size so far counts (control frames: no)
+                before = self._message_size if opcode == CONTINUATION else 0
+                # At least a byte per fragment: endless empty fragments end too. Checked
+                # on the header, before the payload is waited for.
+                size = before + max(length, 1)
+                if size > self.services.settings.max_request_bytes:
+                    self._fail(CLOSE_TOO_BIG, "message_too_big")
+                    return
+            if end - head < 4 + length:  # the mask, then the payload
+                break
+            pos = head + 4 + length
+            if opcode < CLOSE:
+                self._message_size = size
+            if not self._on_frame(
+                first, _websocket_mask(inbox[head : head + 4], inbox[head + 4 : pos])
+            ):
+                return
+        self._inbox = inbox[pos:]
+        self._read()
 
-    def _on_payload(self, reading: asyncio.Future[bytes]) -> None:
-        data = _received(reading)
-        if data is None:
-            return
+    def _on_frame(self, first: int, payload: bytes) -> bool:
+        """One whole frame, unmasked; False once nothing more is to be read."""
         self._heard = True
-        payload = _websocket_mask(data[:4], data[4:])
-        first = self._header
         opcode, final = first & 0x0F, bool(first & 0x80)
         if opcode == CLOSE:
             self._on_close_frame(payload)
-            return
+            return False
         if opcode == PING:
             self._frame(PONG, payload)
         elif self._closing:
@@ -368,7 +381,7 @@ class HeldSocket(HeldStream):
         elif opcode in (TEXT, BINARY, CONTINUATION):
             if (opcode == CONTINUATION) != (self._fragments is not None):
                 self._fail(CLOSE_PROTOCOL_ERROR, "protocol_error")  # a stray or cut message
-                return
+                return False
             if opcode != CONTINUATION:
                 self._fragments = []
                 self._message_text = opcode == TEXT
@@ -376,12 +389,11 @@ class HeldSocket(HeldStream):
             self._fragments.append(payload)
             if final:
                 message, self._fragments = b"".join(self._fragments), None
-                if not self._on_message(message, self._message_text):
-                    return
+                return self._on_message(message, self._message_text)
         elif opcode != PONG:
             self._fail(CLOSE_PROTOCOL_ERROR, "protocol_error")
-            return
-        self._read(2, self._on_header)
+            return False
+        return True
 
     def _on_close_frame(self, payload: bytes) -> None:
         if self._closing:

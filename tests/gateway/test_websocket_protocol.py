@@ -29,6 +29,10 @@ class RawSocket:
         self.writer = writer
 
     def send(self, opcode: int, payload: bytes, *, fin: bool = True, mask: bool = True) -> None:
+        self.writer.write(self.encode(opcode, payload, fin=fin, mask=mask))
+
+    @staticmethod
+    def encode(opcode: int, payload: bytes, *, fin: bool = True, mask: bool = True) -> bytes:
         head = bytes([(0x80 if fin else 0) | opcode])
         size = len(payload)
         bit = 0x80 if mask else 0
@@ -42,7 +46,7 @@ class RawSocket:
             key = os.urandom(4)
             payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
             head += key
-        self.writer.write(head + payload)
+        return head + payload
 
     async def frame(self) -> tuple[int, bytes]:
         """The next frame from the server: (opcode, payload); (-1, b"") at EOF."""
@@ -134,6 +138,27 @@ async def test_a_fragmented_send_is_one_message(pair, raw):
     while answer["type"] not in ("sent", "send_failed"):
         answer = json.loads(await raw.until(0x1))
     assert (answer["type"], answer["client_id"], answer["status"]) == ("sent", "f1", 201)
+
+
+async def test_frames_are_read_whole_however_their_bytes_arrive(pair, raw):
+    """Several frames in one write, and a frame cut in two: its second part is written once
+    the server has answered the ping written with its first, so it comes in a later read."""
+    alice_id = pair[0].user_id
+
+    def send(n: int) -> bytes:
+        text = json.dumps({"type": "send", "to": alice_id, "body": f"b{n}", "client_id": f"c{n}"})
+        return raw.encode(0x1, text.encode())
+
+    cut = send(3)
+    raw.writer.write(send(1) + send(2) + raw.encode(0x9, b"cut") + cut[:5])
+    assert await raw.until(0xA) == b"cut"
+    raw.writer.write(cut[5:])
+    answers = []
+    while len(answers) < 3:
+        frame = json.loads(await raw.until(0x1))
+        if frame["type"] in ("sent", "send_failed"):
+            answers.append((frame["client_id"], frame["status"], frame["message"]["body"]))
+    assert answers == [("c1", 201, "b1"), ("c2", 201, "b2"), ("c3", 201, "b3")]
 
 
 async def test_the_clients_close_is_echoed_and_the_connection_ends(raw, stack):
