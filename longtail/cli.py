@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 
-from longtail import logs
+from longtail import ioloop, logs
 from longtail.settings import ConfigError, Settings
 
 log = logging.getLogger("longtail")
@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
 async def _serve(start: Callable[[], Awaitable[Stopper]]) -> None:
     """Start, then run until SIGTERM or SIGINT, then stop (gateways drain first)."""
+    ioloop.install()
     stop = await start()
     done = asyncio.Event()
     loop = asyncio.get_running_loop()

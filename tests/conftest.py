@@ -22,6 +22,7 @@ from chatcore.db import Database
 from chatcore.migrate import migrate
 from gateway.app import Gateway, subscriber_options
 from gateway.shards import Shards, shards_for
+from longtail import ioloop
 from longtail.dev import start_embedded_redis
 from longtail.redisconn import command_client, parse_redis_url
 from longtail.settings import Settings
@@ -162,6 +163,7 @@ def subscriber(redis_factory: RedisFactory) -> Redis | Shards:
 
 @pytest.fixture
 async def stack(settings: Settings, redis_factory: RedisFactory) -> AsyncIterator[Stack]:
+    ioloop.install()  # as `longtail chatcore` and `longtail gateway` run
     core = Chatcore(settings, redis=redis_factory())
     await core.start(0)
     gw_settings = settings.with_(chatcore_url=f"http://127.0.0.1:{core.port}")
