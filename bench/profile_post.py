@@ -31,10 +31,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from redis.asyncio import Redis
 
 from bench import longtail_side
-from bench.cluster import BenchError, raise_open_files
+from bench.cluster import BenchError, Service, raise_open_files
 from bench.load import TimedAudit, drive
 from bench.profile_send import PY_SPY_RATE, stop_py_spy, summarize_py_spy
 from bench.run import make_pairs
@@ -93,9 +94,38 @@ async def one_run(args: argparse.Namespace, spy_to: str | None) -> dict[str, Any
                     )
                 finally:
                     await stop_py_spy(spy)
+            async with longtail_side.client_session() as http:
+                result["stages_ms"] = {
+                    "chatcore_hop": await histogram_mean(
+                        http,
+                        gw1,
+                        "longtail_chatcore_request_seconds",
+                        'route="POST /internal/sends"',
+                    ),
+                    "publish_to_write": await histogram_mean(
+                        http, gw2, "longtail_publish_to_delivery_seconds"
+                    ),
+                }
         finally:
             await redis.aclose()
     return result
+
+
+async def histogram_mean(
+    http: aiohttp.ClientSession, gateway: Service, name: str, labels: str = ""
+) -> float | None:
+    """A histogram's mean in ms from a gateway's /metrics (its whole life: a fresh
+    deployment's, whose setup made no sends)."""
+    async with http.get(f"{gateway.url}/metrics") as resp:
+        text = await resp.text()
+    totals = {}
+    for line in text.splitlines():
+        for part in ("_sum", "_count"):
+            if line.startswith(f"{name}{part}") and labels in line:
+                totals[part] = float(line.rsplit(" ", 1)[1])
+    if not totals.get("_count"):
+        return None
+    return round(1000 * totals["_sum"] / totals["_count"], 3)
 
 
 def line(result: dict[str, Any]) -> str:
@@ -107,6 +137,9 @@ def line(result: dict[str, Any]) -> str:
             f"; latency p50 {summary['p50_ms']} p99 {summary['p99_ms']} ms"
             f", answer p50 {answer['p50_ms']} p99 {answer['p99_ms']} ms"
         )
+    stages = result.get("stages_ms")
+    if stages:
+        text += "; means: " + ", ".join(f"{name} {ms} ms" for name, ms in stages.items())
     return text
 
 
