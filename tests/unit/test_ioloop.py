@@ -29,13 +29,22 @@ def in_kernel(sock: socket.socket) -> bytes:
         return b""
 
 
+async def read_while_it_comes(
+    stream: IOStream, peer: socket.socket, sent: bytes, size: int
+) -> bytes:
+    """Read `size` bytes of `sent`, the read asked for (the socket registered) before the
+    bytes come, the way a server waits for a request."""
+    reading = stream.read_bytes(size)
+    peer.sendall(sent)
+    return await reading
+
+
 async def test_a_read_that_stops_and_starts_again_stays_registered(sockets):
     loop = ioloop.install()
     ours, peer = sockets
     stream = IOStream(ours)
-    first = stream.read_bytes(2)
-    peer.sendall(b"headbody")
-    assert await first == b"he"  # the rest waits in Tornado's buffer: nobody reads now
+    # The rest waits in Tornado's buffer, and nobody reads for a moment.
+    assert await read_while_it_comes(stream, peer, b"headbody", 2) == b"he"
     assert ours.fileno() in loop.readers
     assert await stream.read_bytes(6) == b"adbody"
     assert ours.fileno() in loop.readers
@@ -47,9 +56,7 @@ async def test_bytes_that_come_while_nobody_reads_stay_in_the_kernel(sockets):
     loop = ioloop.install()
     ours, peer = sockets
     stream = IOStream(ours)
-    first = stream.read_bytes(1)
-    peer.sendall(b"AB")
-    assert await first == b"A"
+    assert await read_while_it_comes(stream, peer, b"AB", 1) == b"A"
     peer.sendall(b"C")
     # The socket turned readable unasked: its reader goes, and Tornado read nothing.
     await eventually(lambda: ours.fileno() not in loop.readers, what="the reader dropped")
