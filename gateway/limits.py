@@ -90,8 +90,9 @@ class RateLimiter:
     No subject ever gets more than its limit, whichever gateways it uses: leased uses
     are counted in Redis when leased. What a lease costs is the other side: uses leased
     here and not spent before the window ends are refused elsewhere, so a client that
-    moves to another gateway within a window may be refused up to an eighth of its
-    limit early.
+    moves to another gateway within a window may be refused early, by up to an eighth of
+    its limit for each gateway it left (and, since leases are taken in the first half of
+    the limit only, never by more than half).
     """
 
     def __init__(self, redis: Redis, keys: Keys) -> None:

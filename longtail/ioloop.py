@@ -12,6 +12,7 @@ handlers still never see an event they did not ask for.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from tornado.ioloop import IOLoop
@@ -34,6 +35,11 @@ class LazyReaders(AsyncIOMainLoop):
             self._unwanted.add(number)
             events |= IOLoop.READ
         super().update_handler(fd, events)
+
+    def add_handler(self, fd: Any, handler: Callable[..., None], events: int) -> None:
+        # A new socket may reuse the number of one closed without remove_handler.
+        self._unwanted.discard(self.split_fd(fd)[0])
+        super().add_handler(fd, handler, events)
 
     def remove_handler(self, fd: Any) -> None:
         number, _ = self.split_fd(fd)
