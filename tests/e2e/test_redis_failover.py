@@ -104,6 +104,26 @@ async def running(
         procs.stop()
 
 
+# What a gateway's /metrics says about its subscriptions and catch-ups, for a failure.
+HUB_METRICS = (
+    "longtail_redis_subscriber_healthy",
+    "longtail_redis_reconnects",
+    "longtail_subscribed_channels",
+    "longtail_catchup_reads",
+    "longtail_held_connections",
+    "longtail_events_delivered_total",
+)
+
+
+async def hub_metrics(http: aiohttp.ClientSession, base: str) -> str:
+    try:
+        async with http.get(f"{base}/metrics", timeout=aiohttp.ClientTimeout(total=5)) as resp:
+            text = await resp.text()
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        return f"(no /metrics: {exc!r})"
+    return "\n".join(line for line in text.splitlines() if line.startswith(HUB_METRICS))
+
+
 def owner_of(topology: Topology, channel: str) -> int:
     """The port of the primary that carries `channel` now."""
     if topology.kind == "sentinel":
@@ -193,7 +213,12 @@ async def test_primary_killed_during_traffic_nothing_lost_or_duplicated(
         for stream in waiting:
             stream.cancel()
         await asyncio.wait(waiting)
-        logs = "\n".join(f"--- {g.name}\n{g.log_tail(60)}" for g in procs.gateways)
+        logs = "\n".join(
+            [
+                f"--- {g.name}\n{await hub_metrics(http, g.url)}\n{g.log_tail(60)}"
+                for g in procs.gateways
+            ]
+        )
         raise AssertionError(f"streams done: {[w in done for w in watching]}\n{logs}")
     streams = [w.result() for w in watching]
     for n, got in enumerate(streams):
