@@ -55,7 +55,9 @@ class Feed:
                     mark = channel.mark() if channel is not None else (0, 0)
                     fetched = await self._catchup.after(self.user_id, self.cursor)
                     # A full page means there may be more: keep catching up next round.
-                    mailbox.stale = len(fetched) >= PAGE
+                    # So does a resync that came during the read (the hub subscribed
+                    # again): what was published before it may be newer than the read.
+                    mailbox.stale = mailbox.stale or len(fetched) >= PAGE
                     if not fetched and channel is not None and channel is mailbox.channel:
                         channel.learned(mark, self.cursor)
                     events = self._advance(fetched)

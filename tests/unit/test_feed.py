@@ -70,6 +70,35 @@ async def test_resync_rereads_storage():
     assert [e.seq for e in await f.next(1)] == [2, 3]
 
 
+class SlowStorage(Storage):
+    """A read that answers with what storage held when it went out, once released: the
+    hub runs meanwhile, as during a Redis round trip."""
+
+    def __init__(self, upto: int) -> None:
+        super().__init__(upto)
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def after(self, user_id: int, cursor: int) -> list[Event]:
+        held = await super().after(user_id, cursor)
+        self.started.set()
+        await self.release.wait()
+        return held
+
+
+async def test_a_resync_during_a_catch_up_read_reads_again():
+    storage = SlowStorage(upto=3)
+    f = feed(1, storage)
+    reading = asyncio.create_task(f.next(0))
+    await storage.started.wait()
+    storage.upto = 5  # published while the read was out, before the hub subscribed again
+    f.mailbox.resync()
+    storage.release.set()
+    assert [e.seq for e in await reading] == [2, 3]
+    assert [e.seq for e in await f.next(0)] == [4, 5]
+    assert storage.reads == [1, 3]
+
+
 async def test_waits_until_an_event_or_the_timeout():
     f = feed(0, Storage(upto=0))
     loop = asyncio.get_running_loop()
