@@ -60,8 +60,8 @@ class LazyReaders(AsyncIOMainLoop):
 def install() -> IOLoop:
     """Make LazyReaders Tornado's loop on the running asyncio loop, before any server or
     stream is made on it (each takes the current IOLoop when made)."""
-    loop = asyncio.get_running_loop()
-    existing = IOLoop._ioloop_for_asyncio.get(loop)
+    asyncio.get_running_loop()  # a loop must run: LazyReaders attaches to it
+    existing = IOLoop.current(instance=False)
     if existing is not None:
         if not isinstance(existing, LazyReaders):
             raise RuntimeError("Tornado already has a plain IOLoop on this asyncio loop")
