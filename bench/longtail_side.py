@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 from redis.asyncio import Redis
 
 from bench.api import User, bounded_gather, call, connector, current_cursor
@@ -127,14 +129,19 @@ async def running_longtail(
             await delete_keys(redis_url, f"{cluster.prefix}:*")
 
 
-async def held_gauge(http: aiohttp.ClientSession, gateway: Service) -> float | None:
-    """longtail_held_connections from the gateway's /metrics (None: not exported)."""
+async def metric_samples(http: aiohttp.ClientSession, gateway: Service) -> list[Sample]:
+    """Every sample on the gateway's /metrics, as prometheus_client parses them."""
     async with http.get(f"{gateway.url}/metrics", timeout=SEND_TIMEOUT) as resp:
         text = await resp.text()
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+
+async def held_gauge(http: aiohttp.ClientSession, gateway: Service) -> float | None:
+    """longtail_held_connections from the gateway's /metrics (None: not exported)."""
     values = [
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("longtail_held_connections")
+        s.value
+        for s in await metric_samples(http, gateway)
+        if s.name == "longtail_held_connections"
     ]
     return sum(values) if values else None
 

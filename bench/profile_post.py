@@ -100,7 +100,7 @@ async def one_run(args: argparse.Namespace, spy_to: str | None) -> dict[str, Any
                         http,
                         gw1,
                         "longtail_chatcore_request_seconds",
-                        'route="POST /internal/sends"',
+                        route="POST /internal/sends",
                     ),
                     "publish_to_write": await histogram_mean(
                         http, gw2, "longtail_publish_to_delivery_seconds"
@@ -112,20 +112,19 @@ async def one_run(args: argparse.Namespace, spy_to: str | None) -> dict[str, Any
 
 
 async def histogram_mean(
-    http: aiohttp.ClientSession, gateway: Service, name: str, labels: str = ""
+    http: aiohttp.ClientSession, gateway: Service, name: str, **labels: str
 ) -> float | None:
     """A histogram's mean in ms from a gateway's /metrics (its whole life: a fresh
     deployment's, whose setup made no sends)."""
-    async with http.get(f"{gateway.url}/metrics") as resp:
-        text = await resp.text()
-    totals = {}
-    for line in text.splitlines():
-        for part in ("_sum", "_count"):
-            if line.startswith(f"{name}{part}") and labels in line:
-                totals[part] = float(line.rsplit(" ", 1)[1])
-    if not totals.get("_count"):
+    totals = {
+        sample.name: sample.value
+        for sample in await longtail_side.metric_samples(http, gateway)
+        if sample.name in (f"{name}_sum", f"{name}_count")
+        and labels.items() <= sample.labels.items()
+    }
+    if not totals.get(f"{name}_count"):
         return None
-    return round(1000 * totals["_sum"] / totals["_count"], 3)
+    return round(1000 * totals[f"{name}_sum"] / totals[f"{name}_count"], 3)
 
 
 def line(result: dict[str, Any]) -> str:
