@@ -310,10 +310,9 @@ class HeldSocket(HeldStream):
     def _read(self) -> None:
         """Read what has come, whatever it holds (part of a frame, several frames).
 
-        One read per batch of bytes, not one per frame part: a read that ends with
-        nothing left in Tornado's buffer keeps the socket registered for reading, where a
-        header read followed by its payload's had Tornado stop and restart listening
-        (two epoll_ctl calls per frame, a tenth of the sending gateway's CPU).
+        One read and one callback per batch of bytes, not one per frame part. (Its
+        first reason, Tornado's listening stopped and restarted between a header's
+        read and its payload's, is gone for every read since longtail.ioloop.)
         """
         stream = self._stream
         if stream is None or stream.closed():
