@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from gateway.catchup import Catchup
+from gateway.feed import Feed
+from gateway.mailbox import Mailbox
 from longtail.wire import Event, Keys
 
 
@@ -46,7 +48,7 @@ async def buffer(redis, keys, seqs, head=None):
         ([], None, 0, [1, 2, 3, 4, 5, 6, 7], 1),  # Redis lost everything: chatcore
         ([], 7, 7, [], 0),  # buffer expired, head kept: still up to date
         ([], 7, 5, [6, 7], 1),  # buffer expired, behind the head: chatcore
-        ([5, 7], 7, 4, [5], 0),  # a gap in the buffer: only the run before it
+        ([5, 7], 7, 4, [5, 6, 7], 1),  # a hole (6's publish is late): chatcore
     ],
 )
 async def test_catchup_source(redis_factory, keys, buffered, head, cursor, expect, chatcore_reads):
@@ -56,6 +58,18 @@ async def test_catchup_source(redis_factory, keys, buffered, head, cursor, expec
     catchup = Catchup(redis, keys, chatcore)  # type: ignore[arg-type]
     assert [e.seq for e in await catchup.after(1, cursor)] == expect
     assert chatcore.reads == chatcore_reads
+
+
+async def test_a_stream_caught_up_past_a_hole_in_the_buffer_misses_nothing(redis_factory, keys):
+    """A primary died with 6's publish: the outbox publishes it again later, but 7 went out
+    on the promoted primary before this gateway subscribed there. The catch-up made at
+    the re-subscription is the stream's only way to 7: pub/sub brings 6 again, not 7."""
+    redis = redis_factory()
+    await buffer(redis, keys, [5, 7], head=7)
+    stream = Feed(1, 4, Mailbox(10), Catchup(redis, keys, Chatcore(head=7)))  # type: ignore[arg-type]
+    assert [e.seq for e in await stream.next(1)] == [5, 6, 7]
+    stream.mailbox.deliver(Event(6, b"{}"))  # the outbox's retry
+    assert await stream.next(0) == [] and stream.cursor == 7
 
 
 async def test_head_comes_from_redis_or_chatcore(redis_factory, keys):
