@@ -42,8 +42,11 @@ FORGET_AFTER = 0.2
 HEAD_TTL = 7 * 24 * 3600
 
 # Deliveries, in one command: for each, buffer the event (trimmed to the newest
-# ARGV[1], expiring ARGV[2] s after the last one), move the head (expiring after
-# ARGV[3] s), then SPUBLISH, so whoever sees the message can also find it in the buffer.
+# ARGV[1], expiring ARGV[2] s after the last one), move the head forward (expiring
+# after ARGV[3] s), then SPUBLISH, so whoever sees the message can also find it in the
+# buffer. Forward only: the sweep re-publishes an event whose publish failed after newer
+# ones went out (a failover), and a head moved back would send every poll of that user
+# at the true head to chatcore until their next event.
 # KEYS: each delivery's buffer and head; ARGV: those three settings, then each
 # delivery's event, seq, channel and message, in the order given, which keeps each
 # user's events in seq order. A script, not five pipelined commands per event: in the
@@ -59,7 +62,11 @@ for i = 1, #KEYS / 2 do
   redis.call('ZADD', buffer, ARGV[at + 1], ARGV[at])
   redis.call('ZREMRANGEBYRANK', buffer, 0, keep)
   redis.call('EXPIRE', buffer, ttl)
-  redis.call('SET', head, ARGV[at + 1], 'EX', head_ttl)
+  if (tonumber(redis.call('GET', head)) or -1) < tonumber(ARGV[at + 1]) then
+    redis.call('SET', head, ARGV[at + 1], 'EX', head_ttl)
+  else
+    redis.call('EXPIRE', head, head_ttl)
+  end
   redis.call('SPUBLISH', ARGV[at + 2], ARGV[at + 3])
 end
 return #KEYS / 2

@@ -166,6 +166,18 @@ async def test_events_committed_while_redis_is_down_are_published_by_the_sweep(
         await db.close()
 
 
+async def test_a_late_republish_leaves_the_head_at_the_newest_seq(chat, settings):
+    """The sweep re-publishes 4 after 5 went out (4's publish failed in a failover): the
+    head stays 5, or every poll at 5 would read chatcore until the user's next event."""
+    keys = Keys(settings.redis_prefix)
+    publisher = Publisher(chat.db, chat.redis, keys, buffer_size=50, buffer_ttl=60)
+    assert await publisher.publish([Delivery(904, Event(5, b'{"seq":5}'))])
+    assert await publisher.publish([Delivery(904, Event(4, b'{"seq":4}'))])
+    assert int(await chat.redis.get(keys.head(904))) == 5
+    assert await chat.redis.ttl(keys.head(904)) > 0
+    assert await chat.redis.zrange(keys.buffer(904), 0, -1) == [b'{"seq":4}', b'{"seq":5}']
+
+
 async def test_a_batch_larger_than_one_script_call_is_buffered_and_published_in_order(
     chat, settings
 ):
