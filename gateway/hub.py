@@ -176,11 +176,14 @@ class Channel:
 class _Shard:
     """One subscriber connection (to one Redis node) and the channels it carries."""
 
-    __slots__ = ("channels", "connected", "last_heard", "name", "pubsub", "reader")
+    __slots__ = ("channels", "connected", "last_heard", "leaving", "name", "pubsub", "reader")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.channels: set[bytes] = set()
+        # SUNSUBSCRIBEs sent on this connection and not yet answered, by channel: their
+        # answers are ours, not the node dropping a channel (see Hub._handle).
+        self.leaving: dict[bytes, int] = {}
         self.pubsub: PubSub | None = None
         self.reader: asyncio.Task[None] | None = None
         self.connected = False
@@ -407,6 +410,7 @@ class Hub:
             return
         shard.channels.discard(name)
         if shard.connected:
+            _expect_answer(shard, (name,))
             self._send(shard, "sunsubscribe", name)
         if not shard.channels and shard is not self._home:
             self._retire(shard)
@@ -517,6 +521,7 @@ class Hub:
         await self._close_pubsub(shard)
         for name in shard.channels:
             self._reset(self._channels[name])
+        shard.leaving.clear()  # answers the old connection owed never come
         pubsub = shard.pubsub = self._shards.pubsub(shard.name)
         await pubsub.subscribe(self._control)
         # Channels placed here (or moved away) while we awaited are handled in the next
@@ -532,6 +537,7 @@ class Hub:
                 await pubsub.ssubscribe(*group)
             sent |= pending
             for group in _by_slot(gone):
+                _expect_answer(shard, group)
                 await pubsub.sunsubscribe(*group)
             sent -= gone
         shard.connected = True
@@ -587,6 +593,14 @@ class Hub:
                 for mailbox in channel.mailboxes:
                     mailbox.resync()
         elif kind == "sunsubscribe":
+            waiting = shard.leaving.pop(name, 0)
+            if waiting:
+                # The answer to our own SUNSUBSCRIBE: the channel may have come back
+                # since (its user returned, or the slot map moved it away and back),
+                # subscribed again right behind it.
+                if waiting > 1:
+                    shard.leaving[name] = waiting - 1
+                return
             channel = self._channels.get(name)
             if channel is not None and channel.shard is shard:
                 # We did not ask: the node gave the slot away (resharding). The channel
@@ -667,6 +681,12 @@ class Hub:
                         shard.reader = asyncio.create_task(
                             self._read_forever(shard), name="hub-reader"
                         )
+
+
+def _expect_answer(shard: _Shard, names: Iterable[bytes]) -> None:
+    """A SUNSUBSCRIBE of `names` is about to go out on the shard's connection."""
+    for name in names:
+        shard.leaving[name] = shard.leaving.get(name, 0) + 1
 
 
 def _by_slot(names: Iterable[bytes]) -> list[list[bytes]]:

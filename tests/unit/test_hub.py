@@ -67,6 +67,44 @@ async def test_a_returning_listener_within_the_grace_keeps_the_subscription(
         await eventually(lambda: box._events)
 
 
+async def test_a_user_back_before_their_unsubscribe_is_answered_is_subscribed_at_once(
+    redis_factory, redis_prefix
+):
+    """The grace ran out and SUNSUBSCRIBE went out; the user came back before its answer.
+    That answer is to our own command, not Redis taking the channel away (a Cluster's
+    resharding): the new subscription holds, and the gateway never looks unready."""
+    keys, publisher, back = Keys(redis_prefix), redis_factory(), Mailbox(10)
+    hub = Hub(
+        SingleShard(redis_factory()),
+        keys,
+        unsubscribe_grace=0.01,
+        on_leave=lambda user_id: hub.join(user_id, back),  # SSUBSCRIBE right behind
+    )
+    await hub.start()
+    unready: list[bool] = []
+
+    async def watch() -> None:
+        while True:
+            unready.append(not hub.healthy)
+            await asyncio.sleep(0.001)
+
+    try:
+        assert await hub.wait_healthy(5)
+        async with hub.listen(3, Mailbox(10)):
+            pass
+        watcher = asyncio.create_task(watch())
+        await eventually(lambda: back.channel is not None, what="the drop and the return")
+        channel = back.channel
+        await hub.subscribed(channel, timeout=5)
+        await publisher.spublish(keys.channel(3), Event(1, b"{}").to_message())
+        # Behind the answers to SUNSUBSCRIBE and SSUBSCRIBE on the same connection:
+        await eventually(lambda: back._events, what="the event on the new subscription")
+        watcher.cancel()
+        assert channel.shard is not None and hub.healthy and not any(unready)
+    finally:
+        await hub.stop()
+
+
 async def test_a_failing_connection_callback_does_not_end_the_reader(
     hub, redis_factory, redis_prefix, caplog
 ):
