@@ -18,7 +18,7 @@ from tornado.netutil import bind_sockets
 
 from gateway import api
 from gateway.auth import Authenticator
-from gateway.base import DRAIN_LIMIT, Services, log_access
+from gateway.base import DRAIN_LIMIT, Services
 from gateway.catchup import Catchup
 from gateway.chatcore_client import ChatcoreClient
 from gateway.forwarded import ForwardedFor, TrustedProxies
@@ -32,13 +32,15 @@ from gateway.session_cache import SessionCache
 from gateway.shards import Shards, SingleShard, shards_for
 from gateway.transports.iframe import ForeverIframe
 from gateway.transports.jsonp import JsonpPoll
-from gateway.transports.lean import EventsApplication, HeldJsonp, HeldPoll, LeanFactory
+from gateway.transports.lean import HeldJsonp, HeldPoll, LeanFactory
 from gateway.transports.lean_stream import HeldEventStream
 from gateway.transports.longpoll import LongPoll
 from gateway.transports.multipart import MultipartStream
 from gateway.transports.sse import EventStream
 from gateway.transports.websocket import HeldSocket, SocketMethods
 from gateway.transports.xhr import XhrStream
+from longtail.lean import LeanApplication
+from longtail.logs import log_access
 from longtail.redisconn import command_client
 from longtail.settings import Settings
 from longtail.web import NotFoundHandler
@@ -152,7 +154,7 @@ def make_app(services: Services, sockets: set[HeldSocket] | None = None) -> torn
         ("GET", "/api/events/ws"): partial(HeldSocket, sockets=sockets),
         ("POST", "/api/messages"): LeanSend,
     }
-    return EventsApplication(
+    return LeanApplication(
         services,
         lean,
         [(path, handler, {"services": services}) for path, handler in routes] + static,

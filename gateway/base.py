@@ -7,11 +7,9 @@ import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote_plus
 
 import tornado.web
 from tornado.httputil import HTTPServerRequest
-from tornado.log import access_log
 
 from gateway.auth import Authenticator, User, request_token
 from gateway.catchup import Catchup
@@ -23,7 +21,7 @@ from gateway.limits import ConnectionLimits, RateLimiter
 from gateway.metrics import GatewayMetrics
 from gateway.presence import Presence
 from longtail.errors import ApiError
-from longtail.logs import REQUEST_ID_HEADER, begin_request
+from longtail.logs import REQUEST_ID_HEADER, begin_request, redact_uri
 from longtail.settings import Settings
 from longtail.web import MAX_JSON_DEPTH, JsonHandler, body_object
 
@@ -54,27 +52,6 @@ PIGGYBACK_HEADER = "X-Longtail-Cursor"
 # gets its 413; a client that stops reading its response while still uploading (most
 # do) would otherwise see only a connection reset. Larger ones are cut off by Tornado.
 DRAIN_LIMIT = 16 * 1024 * 1024
-
-
-def redact_uri(uri: str) -> str:
-    """The URI with the value of any `token` parameter (however it is percent-encoded)
-    replaced, for logs."""
-    path, sep, query = uri.partition("?")
-    if not sep:
-        return uri
-    parts = []
-    for pair in query.split("&"):
-        name, eq, _ = pair.partition("=")
-        parts.append(f"{name}=[redacted]" if eq and unquote_plus(name) == "token" else pair)
-    return f"{path}?{'&'.join(parts)}"
-
-
-def log_access(status: int, method: str, uri: str, ip: str | None, seconds: float) -> None:
-    """Tornado's access log line, minus session tokens passed in URLs (script/iframe)."""
-    log_method = access_log.info if status < 400 else access_log.warning
-    if status >= 500:
-        log_method = access_log.error
-    log_method("%d %s %s (%s) %.2fms", status, method, redact_uri(uri), ip, 1000.0 * seconds)
 
 
 # Writes must not come from a cross-site form: a form (or any request a page may send

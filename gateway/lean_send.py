@@ -15,8 +15,9 @@ from tornado.http1connection import HTTP1Connection
 
 from gateway.auth import request_token
 from gateway.base import Services, authenticate, json_body, piggybacked
-from gateway.lean_request import JSON_TYPE, LeanRequest
+from gateway.lean_request import LeanRequest
 from gateway.sending import send_posted
+from longtail.lean import JSON_TYPE
 from longtail.logs import REQUEST_ID_HEADER, begin_request
 
 

@@ -17,6 +17,9 @@ import secrets
 import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from urllib.parse import unquote_plus
+
+from tornado.log import access_log
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
@@ -90,3 +93,24 @@ def configure(level: str, style: str) -> None:
     root.setLevel(level)
     # Alembic announces each of its plugins at INFO; only its migration lines matter.
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+
+
+def redact_uri(uri: str) -> str:
+    """The URI with the value of any `token` parameter (however it is percent-encoded)
+    replaced, for logs."""
+    path, sep, query = uri.partition("?")
+    if not sep:
+        return uri
+    parts = []
+    for pair in query.split("&"):
+        name, eq, _ = pair.partition("=")
+        parts.append(f"{name}=[redacted]" if eq and unquote_plus(name) == "token" else pair)
+    return f"{path}?{'&'.join(parts)}"
+
+
+def log_access(status: int, method: str, uri: str, ip: str | None, seconds: float) -> None:
+    """Tornado's access log line, minus session tokens passed in URLs (script/iframe)."""
+    log_method = access_log.info if status < 400 else access_log.warning
+    if status >= 500:
+        log_method = access_log.error
+    log_method("%d %s %s (%s) %.2fms", status, method, redact_uri(uri), ip, 1000.0 * seconds)

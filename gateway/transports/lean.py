@@ -23,7 +23,6 @@ import hashlib
 import json
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
 
 import tornado.web
 from tornado import httputil
@@ -35,11 +34,12 @@ from gateway.base import PIGGYBACK_HEADER, Services
 from gateway.cursors import events_json, parse_cursor, script_safe, valid_callback
 from gateway.feed import Closed, Feed
 from gateway.hub import Channel
-from gateway.lean_request import JAVASCRIPT, JSON_TYPE, LeanRequest
+from gateway.lean_request import LeanRequest
 from gateway.metrics import POLLS
 from gateway.transports import new_feed
 from gateway.transports.longpoll import poll_timeout
 from longtail.errors import ApiError
+from longtail.lean import JAVASCRIPT, JSON_TYPE
 from longtail.logs import REQUEST_ID_HEADER, begin_request
 from longtail.wire import Event
 
@@ -51,7 +51,8 @@ ETAGS = re.compile(rb'\*|(?:W/)?"[^"]*"')
 
 
 Query = dict[str, list[bytes]]
-# What EventsApplication makes a lean request with: a LeanRequest class, or a partial of one.
+# What the gateway's LeanApplication makes a lean request with: a LeanRequest class, or
+# a partial of one.
 LeanFactory = Callable[[Services, HTTP1Connection], LeanRequest]
 
 
@@ -382,65 +383,3 @@ def _shed(headers: httputil.HTTPHeaders) -> None:
     httputil.HTTPHeaders.__init__(headers)
     if connection is not None:
         headers["Connection"] = connection
-
-
-class EventsApplication(tornado.web.Application):
-    """The gateway's Application: the requests named in `lean`, by method and path,
-    take the lean path (held GETs on the poll paths, a message's POST)."""
-
-    def __init__(
-        self,
-        services: Services,
-        lean: dict[tuple[str, str], LeanFactory],
-        *args: Any,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self._services = services
-        self._lean = lean
-
-    def start_request(
-        self, server_conn: object, request_conn: httputil.HTTPConnection
-    ) -> httputil.HTTPMessageDelegate:
-        return _Dispatch(self, server_conn, request_conn)
-
-
-class _Dispatch(httputil.HTTPMessageDelegate):
-    """Chooses, from the request line, between a LeanRequest and Tornado's routing."""
-
-    __slots__ = ("_app", "_conn", "_server_conn", "_target")
-
-    def __init__(
-        self, app: EventsApplication, server_conn: object, conn: httputil.HTTPConnection
-    ) -> None:
-        self._app = app
-        self._server_conn = server_conn
-        self._conn = conn
-        self._target: httputil.HTTPMessageDelegate | None = None
-
-    def headers_received(
-        self,
-        start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
-        headers: httputil.HTTPHeaders,
-    ) -> Any:
-        assert isinstance(start_line, httputil.RequestStartLine)
-        app = self._app
-        lean = app._lean.get((start_line.method, start_line.path.partition("?")[0]))
-        if lean is not None:
-            self._target = lean(app._services, cast(HTTP1Connection, self._conn))
-        else:
-            self._target = tornado.web.Application.start_request(app, self._server_conn, self._conn)
-        self._server_conn = None
-        return self._target.headers_received(start_line, headers)
-
-    def data_received(self, chunk: bytes) -> Any:
-        assert self._target is not None
-        return self._target.data_received(chunk)
-
-    def finish(self) -> None:
-        assert self._target is not None
-        self._target.finish()
-
-    def on_connection_close(self) -> None:
-        if self._target is not None:
-            self._target.on_connection_close()

@@ -548,7 +548,7 @@ def routes() -> dict[str, set[str]]:
         handler = rule.target
         for sample in route_samples(rule.matcher.regex.pattern):
             found[sample] = implemented_methods(handler)
-    # Held GETs and a message's POST take the lean path (gateway.lean_request), past
+    # Held GETs and a message's POST take the lean path (longtail.lean), past
     # the handlers.
     for method, path in app._lean:
         found[path] = found.get(path, set()) | {method}

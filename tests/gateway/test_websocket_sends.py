@@ -120,22 +120,3 @@ async def test_a_frame_over_the_request_size_limit_closes_the_socket(pair, stack
     assert ws.close_code == 1009
     # The gateway's side goes too (after letting the client read the close).
     await eventually(lambda: stack.gateways[0].services.connections.held == 0)
-
-
-@pytest.mark.parametrize(
-    ("body", "code"),
-    [
-        ({}, "invalid_field"),
-        ({"sends": []}, "invalid_field"),
-        ({"sends": [1]}, "invalid_field"),
-        ({"sends": [{"message": {}}]}, "missing_field"),
-        ({"sends": [{"user_id": 1, "message": {}}] * 513}, "invalid_field"),
-    ],
-)
-async def test_chatcore_refuses_a_malformed_batch_of_sends(stack, http, body, code):
-    """The gateway's batched hop (POST /internal/sends) says what is wrong, as a 400."""
-    url = f"http://127.0.0.1:{stack.core.port}/internal/sends"
-    auth = {"Authorization": f"Bearer {stack.core.settings.secret}"}
-    async with http.post(url, json=body, headers=auth) as resp:
-        assert resp.status == 400
-        assert (await resp.json())["error"]["code"] == code
