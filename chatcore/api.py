@@ -13,11 +13,12 @@ import logging
 from typing import Any, ClassVar
 
 import tornado.web
+from tornado import httputil
 from tornado.http1connection import HTTP1Connection
 
 from chatcore.service import EVENTS_PAGE, Chat
 from longtail.errors import ApiError, bad_request
-from longtail.lean import JSON_TYPE, LeanApplication, LeanRequest
+from longtail.lean import LeanApplication, LeanRequest
 from longtail.logs import REQUEST_ID_HEADER, begin_request
 from longtail.validate import field_int, field_str, query_int
 from longtail.web import MAX_JSON_DEPTH, JsonHandler, NotFoundHandler, body_object
@@ -128,7 +129,7 @@ class LeanSends(LeanRequest[Chat]):
         self._chunks.append(chunk)
 
     def finish(self) -> None:
-        task = asyncio.ensure_future(self._run())
+        task = asyncio.ensure_future(self._respond())
         self.running.add(task)
         task.add_done_callback(self.running.discard)
 
@@ -136,20 +137,11 @@ class LeanSends(LeanRequest[Chat]):
         """Gone while still sending its request: nothing was started. Gone later: the
         sends are stored all the same (the gateway retries them by client_id)."""
 
-    async def _run(self) -> None:
-        request = self._request
-        assert request is not None
-        self._request = None
-        try:
-            self._request_id = begin_request(request.headers.get(REQUEST_ID_HEADER))
-            require_secret(self.services, request.headers.get("Authorization", ""))
-            body = body_object(b"".join(self._chunks), MAX_JSON_DEPTH + 3)
-            answer = await send_batch(self.services, body)
-        except Exception as exc:
-            self._error(exc)
-        else:
-            payload = json.dumps(answer, separators=(",", ":"), ensure_ascii=False)
-            self._send(200, self._headers(JSON_TYPE), payload.encode())
+    async def answer(self, request: httputil.HTTPServerRequest) -> tuple[int, bytes]:
+        require_secret(self.services, request.headers.get("Authorization", ""))
+        body = body_object(b"".join(self._chunks), MAX_JSON_DEPTH + 3)
+        answer = await send_batch(self.services, body)
+        return 200, json.dumps(answer, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 async def send_batch(chat: Chat, body: dict[str, Any]) -> dict[str, Any]:

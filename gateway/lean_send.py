@@ -11,14 +11,13 @@ sending itself is gateway.sending's, shared with WebSocket sends.
 
 from __future__ import annotations
 
+from tornado import httputil
 from tornado.http1connection import HTTP1Connection
 
 from gateway.auth import request_token
 from gateway.base import Services, authenticate, json_body, piggybacked
 from gateway.lean_request import LeanRequest
 from gateway.sending import send_posted
-from longtail.lean import JSON_TYPE
-from longtail.logs import REQUEST_ID_HEADER, begin_request
 
 
 class LeanSend(LeanRequest):
@@ -39,29 +38,21 @@ class LeanSend(LeanRequest):
             self._chunks.append(chunk)
 
     def finish(self) -> None:
-        self.services.inflight.start(self._run())
+        self.services.inflight.start(self._respond())
 
     def on_connection_close(self) -> None:
         """Gone while still sending its request: nothing was started. Gone later: the
         message is sent all the same, and its answer dropped (the client retries with
         the same client_id and gets the stored message)."""
 
-    async def _run(self) -> None:
-        request = self._request
-        assert request is not None
-        self._request = None
-        try:
-            self._request_id = begin_request(request.headers.get(REQUEST_ID_HEADER))
-            services = self.services
-            user, piggyback = await authenticate(services, request, request_token(request))
-            status, answer = await send_posted(
-                services,
-                user,
-                lambda: json_body(request, self._chunks, self._size, services.settings),
-            )
-            if piggyback is not None:
-                answer = await piggybacked(services, user, piggyback, answer)
-        except Exception as exc:
-            self._error(exc)
-        else:
-            self._send(status, self._headers(JSON_TYPE), answer)
+    async def answer(self, request: httputil.HTTPServerRequest) -> tuple[int, bytes]:
+        services = self.services
+        user, piggyback = await authenticate(services, request, request_token(request))
+        status, answer = await send_posted(
+            services,
+            user,
+            lambda: json_body(request, self._chunks, self._size, services.settings),
+        )
+        if piggyback is not None:
+            answer = await piggybacked(services, user, piggyback, answer)
+        return status, answer

@@ -25,7 +25,7 @@ from tornado import httputil
 from tornado.http1connection import HTTP1Connection
 
 from longtail.errors import ApiError
-from longtail.logs import REQUEST_ID_HEADER, log_access, redact_uri
+from longtail.logs import REQUEST_ID_HEADER, begin_request, log_access, redact_uri
 from longtail.web import STATUS_CODES
 
 api_log = logging.getLogger("longtail.web")
@@ -78,6 +78,23 @@ class LeanRequest(httputil.HTTPMessageDelegate, Generic[S]):
 
     def noted(self, headers: httputil.HTTPHeaders) -> None:
         """Headers a subclass needs after the request itself is let go."""
+
+    async def _respond(self) -> None:
+        """Answer with what `answer` returns (JSON), or with its error, as JSON too."""
+        request = self._request
+        assert request is not None
+        self._request = None
+        try:
+            self._request_id = begin_request(request.headers.get(REQUEST_ID_HEADER))
+            status, body = await self.answer(request)
+        except Exception as exc:
+            self._error(exc)
+        else:
+            self._send(status, self._headers(JSON_TYPE), body)
+
+    async def answer(self, request: httputil.HTTPServerRequest) -> tuple[int, bytes]:
+        """The status and JSON body of a request answered by `_respond`."""
+        raise NotImplementedError
 
     def _headers(self, content_type: str) -> httputil.HTTPHeaders:
         """The headers JsonHandler sets on every answer, and the request id."""
