@@ -109,9 +109,10 @@ class LeanSends(LeanRequest[Chat]):
     carries the status and body its own `POST /messages` would have had.
 
     Why lean: chatcore's hottest request. At 1,000 messages/s a batch carries three or
-    four sends, and Tornado's handler machinery around each batch took about a tenth of
-    chatcore's CPU (issue 5). The contract is InternalHandler's, answer for answer: the
-    shared secret, the request id, the same checks, JSON errors and access log line.
+    four sends, and without Tornado's handler machinery around each batch chatcore
+    spends about 5% less CPU per event (docs/benchmarks.md). The contract is
+    InternalHandler's, answer for answer: the shared secret, the request id (echoed,
+    too), the same checks, JSON errors and access log line.
     """
 
     __slots__ = ("_chunks",)

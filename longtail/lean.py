@@ -5,7 +5,7 @@ routing, headers set twice), and on the busiest paths profiles put that machiner
 half of a request's CPU (issue 5). Those paths skip it: in the gateway, held polls and
 streams (gateway.transports.lean, lean_stream), WebSocket handshakes and sending a
 message (gateway.lean_send); in chatcore, a gateway's batch of sends
-(chatcore.lean_sends). What they share lives here, so that their answers stay the
+(chatcore.api.LeanSends). What they share lives here, so that their answers stay the
 handler path's: the headers JsonHandler sets on every answer, its JSON errors and their
 log lines, and the access log line; and LeanApplication, which routes a request to its
 lean class by method and path before Tornado's routing would.

@@ -122,8 +122,8 @@ class NotFoundHandler(JsonHandler):
 def _depth(value: dict[str, Any] | list[Any]) -> int:
     """How many levels of objects and lists a parsed body has, walked a level at a time
     without recursion. (Scanning the text instead, character by character in Python,
-    took 4% of chatcore's CPU on a gateway's batches of sends, whose brackets always
-    pass the cheap count above.)"""
+    took 4% of chatcore's CPU: a gateway's batch of more than 16 sends always has more
+    brackets than the cheap count above lets by.)"""
     depth = 0
     level: list[Any] = [value]
     while level:
