@@ -88,20 +88,21 @@ async def test_a_user_back_before_their_unsubscribe_is_answered_is_subscribed_at
             unready.append(not hub.healthy)
             await asyncio.sleep(0.001)
 
+    watcher = asyncio.create_task(watch())
     try:
         assert await hub.wait_healthy(5)
+        unready.clear()
         async with hub.listen(3, Mailbox(10)):
             pass
-        watcher = asyncio.create_task(watch())
         await eventually(lambda: back.channel is not None, what="the drop and the return")
         channel = back.channel
         await hub.subscribed(channel, timeout=5)
         await publisher.spublish(keys.channel(3), Event(1, b"{}").to_message())
         # Behind the answers to SUNSUBSCRIBE and SSUBSCRIBE on the same connection:
         await eventually(lambda: back._events, what="the event on the new subscription")
-        watcher.cancel()
         assert channel.shard is not None and hub.healthy and not any(unready)
     finally:
+        watcher.cancel()
         await hub.stop()
 
 
