@@ -133,7 +133,8 @@ def line(result: dict[str, Any]) -> str:
     if result.get("rate") is not None:
         summary, answer = result["summary"], result["summary"]["send_round_trip"]
         text += (
-            f"; latency p50 {summary['p50_ms']} p99 {summary['p99_ms']} ms"
+            f"; latency p50 {summary['p50_ms']} p99 {summary['p99_ms']}"
+            f" max {summary['max_ms']} ms"
             f", answer p50 {answer['p50_ms']} p99 {answer['p99_ms']} ms"
         )
     stages = result.get("stages_ms")
