@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
 import os
 import signal
@@ -74,7 +73,6 @@ async def _serve(start: Callable[[], Awaitable[Stopper]]) -> None:
     """Start, then run until SIGTERM or SIGINT, then stop (gateways drain first)."""
     ioloop.install()
     stop = await start()
-    settle_heap()
     done = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -82,16 +80,6 @@ async def _serve(start: Callable[[], Awaitable[Stopper]]) -> None:
     await done.wait()
     log.info("stopping")
     await stop()
-
-
-def settle_heap() -> None:
-    """Put what starting built (modules, routes, pools, caches) out of the collector's
-    way for good. Under load a full collection comes every few seconds and walks every
-    object the process tracks: in chatcore, 108,000 of them and a 29 ms pause, with every
-    send in flight waiting behind it (bench.profile_post at 1,000 msg/s); frozen, about
-    11,000 are left to walk. What starting left as garbage is collected first."""
-    gc.collect()
-    gc.freeze()
 
 
 async def _migrate(settings: Settings) -> None:
