@@ -38,7 +38,7 @@ from bench import compare_report, longtail_side, socketio_side
 from bench.api import User, befriend, bounded_gather, create_users, current_cursor
 from bench.cluster import BenchError, raise_open_files
 from bench.held import OPEN_BATCH, HeldResult, held_steps, hold_steps
-from bench.load import MemberAudit, TimedAudit, drive, fan_out
+from bench.load import WARMUP, MemberAudit, TimedAudit, drive, fan_out
 from bench.longtail_side import HELD_STOP_GRACE
 from bench.run import Laps, make_pairs
 from bench.socketio_side import SocketioHolder, SocketioServers
@@ -67,6 +67,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--rate", type=float, default=1000.0, help="latency phase: msg/s in total (1000)")
     add("--duration", type=float, default=10.0, help="seconds of sending per run (10)")
     add("--pairs", type=int, default=50, help="latency phase: sender/receiver pairs (50)")
+    add(
+        "--warmup",
+        type=int,
+        default=WARMUP,
+        help=f"latency phase: each pair's first messages left out of the figures ({WARMUP})",
+    )
     add("--senders", type=int, default=32, help="throughput phase: closed-loop senders (32)")
     add("--fanout-members", type=int, default=100, help="members of the fan-out room (100)")
     add("--fanout-repeats", type=int, default=20, help="fan-out messages, one at a time (20)")
@@ -151,7 +157,7 @@ async def run_longtail(cluster: longtail_side.CompareCluster, args: argparse.Nam
                 ("throughput", args.senders, None),
             ):
                 log(f"longtail: {phase} over {transport}")
-                audit = TimedAudit(n)
+                audit = TimedAudit(n, warmup=args.warmup if rate else 0)
                 receivers = [p.receiver for p in pairs[:n]]
                 async with (
                     longtail_side.listening(
@@ -235,7 +241,7 @@ async def run_socketio(servers: SocketioServers, args: argparse.Namespace) -> di
             ("throughput", args.senders, None),
         ):
             log(f"socketio: {phase} over {transport}")
-            audit = TimedAudit(n)
+            audit = TimedAudit(n, warmup=args.warmup if rate else 0)
             receiver_ids = [SIO_RECEIVER + i for i in range(n)]
             handlers = [socketio_side.recorder(audit)] * n
             async with (

@@ -46,9 +46,16 @@ class Pair:
 
 @dataclass
 class Audit:
-    """What was sent and what came back, per pair, and the delivery latencies."""
+    """What was sent and what came back, per pair, and the delivery latencies.
+
+    Each pair's first `warmup` messages are audited like the rest (lost, duplicated,
+    out of order) but left out of the latency figures: they meet every cold path of a
+    fresh deployment (first batches, each receiver's first catch-up), and the slowest
+    messages of a window were all among its first, whichever system ran.
+    """
 
     pairs: int
+    warmup: int = 0
     sent: list[list[int]] = field(default_factory=list)
     last_seen: list[int] = field(default_factory=list)
     seen: list[set[int]] = field(default_factory=list)
@@ -84,7 +91,8 @@ class Audit:
 
     def record_send(self, pair: int, number: int, started: float, answered: float) -> None:
         self.sent[pair].append(number)
-        self.send_ms.append((answered - started) * 1000)
+        if number >= self.warmup:
+            self.send_ms.append((answered - started) * 1000)
         self.first_send = self.first_send or started
         self.last_send = max(self.last_send, started)
 
@@ -101,7 +109,8 @@ class Audit:
             self.out_of_order += 1
         self.last_seen[pair] = max(self.last_seen[pair], number)
         self.seen[pair].add(number)
-        self.latencies_ms.append((received - started) * 1000)
+        if number >= self.warmup:
+            self.latencies_ms.append((received - started) * 1000)
 
     def parse(self, event: dict[str, Any]) -> tuple[int, int, float] | None:
         """(pair, number, send start) of one of our messages; None for anything else."""
@@ -133,6 +142,7 @@ class Audit:
             "sent": self.sent_count,
             "received": self.received_count,
             "achieved_rate_per_s": round((self.sent_count - 1) / span, 1) if span > 0 else None,
+            "warmup_per_pair": self.warmup,
             **percentiles(self.latencies_ms),
             "send_round_trip": percentiles(self.send_ms),
             "lost": self.lost(),

@@ -39,6 +39,11 @@ class SendFailed(Exception):
     """The server refused or did not answer a send (counted, never retried)."""
 
 
+# Messages per pair that warm a latency window up (bench.latency.Audit.warmup): the first
+# two of each pair held the window's slowest, on either system.
+WARMUP = 2
+
+
 class TimedAudit(Audit):
     """An Audit that also knows when the last event arrived (the end of a throughput
     window) and, for fan-out, how many members got each message and when the last did."""

@@ -36,7 +36,7 @@ from redis.asyncio import Redis
 
 from bench import longtail_side
 from bench.cluster import BenchError, Service, raise_open_files
-from bench.load import TimedAudit, drive
+from bench.load import WARMUP, TimedAudit, drive
 from bench.profile_send import PY_SPY_RATE, stop_py_spy, summarize_py_spy
 from bench.run import make_pairs
 from longtail.wire import Keys
@@ -57,7 +57,7 @@ async def one_run(args: argparse.Namespace, spy_to: str | None) -> dict[str, Any
             async with longtail_side.client_session() as http:
                 pairs = await make_pairs(http, gw2.url, args.senders)
             receivers = [p.receiver for p in pairs]
-            audit = TimedAudit(len(pairs))
+            audit = TimedAudit(len(pairs), warmup=WARMUP if args.rate else 0)
             async with (
                 longtail_side.listening(
                     args.transport,
