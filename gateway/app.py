@@ -32,14 +32,14 @@ from gateway.session_cache import SessionCache
 from gateway.shards import Shards, SingleShard, shards_for
 from gateway.transports.iframe import ForeverIframe
 from gateway.transports.jsonp import JsonpPoll
-from gateway.transports.lean import HeldJsonp, HeldPoll, LeanFactory
+from gateway.transports.lean import HeldJsonp, HeldPoll
 from gateway.transports.lean_stream import HeldEventStream
 from gateway.transports.longpoll import LongPoll
 from gateway.transports.multipart import MultipartStream
 from gateway.transports.sse import EventStream
 from gateway.transports.websocket import HeldSocket, SocketMethods
 from gateway.transports.xhr import XhrStream
-from longtail.lean import LeanApplication
+from longtail.lean import LeanApplication, LeanFactory
 from longtail.logs import log_access
 from longtail.redisconn import command_client
 from longtail.settings import Settings

@@ -51,9 +51,6 @@ ETAGS = re.compile(rb'\*|(?:W/)?"[^"]*"')
 
 
 Query = dict[str, list[bytes]]
-# What the gateway's LeanApplication makes a lean request with: a LeanRequest class, or
-# a partial of one.
-LeanFactory = Callable[[Services, HTTP1Connection], LeanRequest]
 
 
 def query_argument(query: Query, name: str) -> str | None:
