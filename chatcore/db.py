@@ -24,6 +24,13 @@ SQLITE_BUSY_TIMEOUT = 30
 # A pooled PostgreSQL connection idle longer than this is pinged before use (see
 # _ping_idle_connections); under load connections are never idle that long.
 PING_IDLE_AFTER = 1.0
+# Every PostgreSQL statement is planned once per connection, for any parameters. The
+# send path's statements take their requests as arrays (chatcore.send_statement), and
+# PostgreSQL's default re-plans a prepared statement for each call's values whenever
+# that plan looks cheaper than the generic one, which, for a batch of one send, it
+# always did once the tables held a few thousand users: 1.5 ms of planning in every
+# send (issue 5). Chatcore's statements look rows up by key, where one plan fits all.
+SERVER_SETTINGS = {"plan_cache_mode": "force_generic_plan"}
 
 
 def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
@@ -33,6 +40,8 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
+    connect_args = kwargs.setdefault("connect_args", {})
+    connect_args["server_settings"] = {**SERVER_SETTINGS, **connect_args.get("server_settings", {})}
     engine = create_async_engine(url, **kwargs)
     if not kwargs.get("pool_pre_ping"):
         _ping_idle_connections(engine)

@@ -397,6 +397,35 @@ async def test_a_pooled_connection_killed_while_idle_is_replaced(chat, monkeypat
         assert await tx.scalar(select(Message.body).where(Message.id == message["id"]))
 
 
+@pytest.mark.skipif(not REAL_DATABASE_URL, reason="PostgreSQL only: SQLite plans no statement")
+async def test_the_send_statement_is_planned_once_not_for_every_send(chat, monkeypatch):
+    """A batch of one send, the usual one at light load, is not planned again for each
+    call (chatcore.db.SERVER_SETTINGS). PostgreSQL's default would re-plan it every time
+    once the tables hold a few thousand users, and that planning cost more than the send.
+    Here the tables are small, where the default makes five plans of its own first."""
+    a, b = await users(chat, "pa_user", "pb_user")
+    await befriend(chat, a, b, "pa_user", "pb_user")
+    store = sends.store
+    plans: list[tuple[int, int]] = []
+
+    async def counting(tx: Any, *args: Any) -> Any:
+        stored = await store(tx, *args)
+        rows = await tx.rows(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1",
+            send_statement.SEND_PG,
+        )
+        plans.extend((generic, custom) for generic, custom in rows)
+        return stored
+
+    monkeypatch.setattr(sends, "store", counting)
+    for n in range(8):
+        await chat.send(a, {"to": b, "body": f"plan {n}", "client_id": f"p{n}"})
+    assert len(plans) == 8
+    assert [custom for _, custom in plans] == [0] * 8
+    received = [p["message"]["body"] for p in await payloads(chat, b) if p["type"] == "message"]
+    assert received == [f"plan {n}" for n in range(8)]
+
+
 @pytest.mark.skipif(not REAL_DATABASE_URL, reason="PostgreSQL only: SQLite has no server")
 async def test_a_send_whose_connection_dies_mid_transaction_is_a_503_then_stored_on_retry(
     chat, monkeypatch
