@@ -1,7 +1,8 @@
 """The sending gateway under closed-loop sends: CPU per send of every process, repeated.
 
     python -m bench.profile_post [--transport sse|long-poll|websocket] [--runs 3]
-                                 [--py-spy FILE] [--output FILE]
+                                 [--rate R] [--bystanders N] [--py-spy FILE]
+                                 [--output FILE]
 
 bench.compare's throughput phase alone, for Longtail only: chatcore on a throw-away
 PostgreSQL database, two gateways, real Redis; --senders closed-loop senders on gateway
@@ -9,6 +10,8 @@ PostgreSQL database, two gateways, real Redis; --senders closed-loop senders on 
 their receivers on gateway 2 over --transport. Each run is a fresh deployment, audited
 like bench.compare's (nothing lost, duplicated or out of order, or the exit is 1), and
 prints delivered/s and CPU ms per event by process; the last line gives the medians.
+`--bystanders N` adds N users who never send (bench.population), so that the tables are
+a deployment's size.
 
 It answers "did this change make the sending gateway cheaper?" in a few minutes, where
 a whole bench.compare run takes ten. To compare two checkouts, run it from each in
@@ -37,6 +40,7 @@ from redis.asyncio import Redis
 from bench import longtail_side
 from bench.cluster import BenchError, Service, raise_open_files
 from bench.load import WARMUP, TimedAudit, drive
+from bench.population import add_bystanders
 from bench.profile_send import PY_SPY_RATE, stop_py_spy, summarize_py_spy
 from bench.run import make_pairs
 from longtail.wire import Keys
@@ -50,6 +54,8 @@ async def one_run(args: argparse.Namespace, spy_to: str | None) -> dict[str, Any
     async with longtail_side.running_longtail(
         log_dir, args.redis_url, args.database_url
     ) as cluster:
+        if args.bystanders:
+            await add_bystanders(cluster.database_url, args.bystanders)
         gw1, gw2 = cluster.gateways
         sampled = {"gateway1": gw1, "gateway2": gw2, "chatcore": cluster.chatcore}
         redis = Redis.from_url(args.redis_url)
@@ -188,6 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rate", type=float, help="msg/s in total, paced (the latency phase); default closed loop"
     )
+    parser.add_argument(
+        "--bystanders",
+        type=int,
+        default=0,
+        help="users who never send, added to the database first (PostgreSQL only)",
+    )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--database-url", default=DEFAULT_DATABASE)
@@ -198,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--output", help="JSON results")
     args = parser.parse_args(argv)
+    if args.bystanders and args.database_url.startswith("sqlite"):
+        parser.error("--bystanders needs a PostgreSQL --database-url")
     raise_open_files()
     try:
         return asyncio.run(profile(args))
