@@ -27,10 +27,14 @@ PING_IDLE_AFTER = 1.0
 # Every PostgreSQL statement is planned once per connection, for any parameters. The
 # send path's statements take their requests as arrays (chatcore.send_statement), and
 # PostgreSQL's default re-plans a prepared statement for each call's values whenever
-# that plan looks cheaper than the generic one, which, for a batch of one send, it
-# always did once the tables held a few thousand users: 1.5 ms of planning in every
-# send (issue 5). Chatcore's statements look rows up by key, where one plan fits all.
-SERVER_SETTINGS = {"plan_cache_mode": "force_generic_plan"}
+# that plan looks cheaper than the generic one. For a batch of one send it always did
+# once the database held about 2,000 friendships (not at 1,000): 1.5 ms of planning in
+# every send (issue 5). Chatcore's statements look rows up by key: one plan fits all.
+# And that plan reads those rows by key: with random_page_cost at its default of 4, made
+# for disks that seek, the generic plan scanned the users and friendships whole into hash
+# tables until about 10,000 users, for a batch of one send as for fifty. The rows chatcore
+# reads are the ones every send reads, and they stay in PostgreSQL's cache.
+SERVER_SETTINGS = {"plan_cache_mode": "force_generic_plan", "random_page_cost": "1.1"}
 
 
 def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
