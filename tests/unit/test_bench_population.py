@@ -3,28 +3,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import select
 
 from bench.population import add_bystanders
-from chatcore.db import Database
 from chatcore.models import User
-from chatcore.service import Chat
 from tests.backends import REAL_DATABASE_URL
 
 pytestmark = pytest.mark.skipif(
     not REAL_DATABASE_URL, reason="PostgreSQL only, as bench.population is"
 )
-
-
-@pytest.fixture
-async def chat(settings, redis_factory) -> AsyncIterator[Chat]:
-    db = Database(settings.database_url)
-    chat = Chat(settings, db, redis_factory())
-    yield chat
-    await db.close()
 
 
 async def test_bystanders_are_pairs_of_friends_who_can_message_each_other(chat):

@@ -21,14 +21,6 @@ from longtail.errors import ApiError
 from longtail.wire import Event, Keys
 
 
-@pytest.fixture
-async def chat(settings, redis_factory):
-    db = Database(settings.database_url)
-    chat = Chat(settings, db, redis_factory())
-    yield chat
-    await db.close()
-
-
 async def user(chat: Chat, name: str) -> int:
     return (await chat.register({"username": name, "password": "password1"}))["id"]
 

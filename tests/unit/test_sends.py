@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -25,14 +24,6 @@ from chatcore.service import Chat
 from longtail.batching import Batcher
 from longtail.errors import ApiError
 from tests.backends import REAL_DATABASE_URL
-
-
-@pytest.fixture
-async def chat(settings, redis_factory) -> AsyncIterator[Chat]:
-    db = Database(settings.database_url)
-    chat = Chat(settings, db, redis_factory())
-    yield chat
-    await db.close()
 
 
 async def user(chat: Chat, name: str) -> int:
