@@ -54,6 +54,11 @@ async def rig(redis_target, redis_prefix):
     hub = Hub(SingleShard(subscriber), keys, unsubscribe_grace=0.1, ping_interval=0.2)
     await hub.start()
     assert await hub.wait_healthy(5)
+    # Healthy means the subscription was sent; the cache needs it confirmed, or the
+    # first lookup (a test's sender) is not kept, rightly, and the test would flake.
+    await eventually(
+        lambda: hub.revocations_channel.listening, deadline=5, what="revocations confirmed"
+    )
     chatcore = RefusingChatcore()
     cache = SessionCache(hub)
     auth = Authenticator(direct, keys, chatcore, cache)  # type: ignore[arg-type]
