@@ -1,8 +1,8 @@
 """Users who never send, so that a bench's tables are a deployment's size, not a bench's.
 
 PostgreSQL plans for a throw-away deployment's hundred users as for no real one: the
-send statement that re-planned itself for every call once the tables held thousands of
-users never did on the bench's (chatcore.db.SERVER_SETTINGS). The bystanders are
+send statement that re-planned itself for every call once the database held about 2,000
+friendships never did on the bench's (chatcore.db.SERVER_SETTINGS). The bystanders are
 written straight into the run's database, in pairs of friends with their direct
 conversation, as the API would leave them (registering ten thousand through it takes
 minutes: argon2 and a round trip each). PostgreSQL only.

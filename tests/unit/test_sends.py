@@ -392,8 +392,8 @@ async def test_a_pooled_connection_killed_while_idle_is_replaced(chat, monkeypat
 @pytest.mark.skipif(not REAL_DATABASE_URL, reason="PostgreSQL only: SQLite plans no statement")
 async def test_the_send_statement_is_planned_once_not_for_every_send(chat, monkeypatch):
     """A batch of one send, the usual one at light load, is not planned again for each
-    call (chatcore.db.SERVER_SETTINGS). PostgreSQL's default would re-plan it every time
-    once the tables hold a few thousand users, and that planning cost more than the send.
+    call (chatcore.db.SERVER_SETTINGS). PostgreSQL's default re-planned it every time once
+    the database held about 2,000 friendships, and that planning cost more than the send.
     Here the tables are small, where the default makes five plans of its own first."""
     a, b = await users(chat, "pa_user", "pb_user")
     await befriend(chat, a, b, "pa_user", "pb_user")
@@ -431,7 +431,7 @@ async def test_the_send_statement_reads_rows_by_key_among_thousands_of_users(cha
         assert driver is not None
         await driver.execute("PREPARE probe AS " + send_statement.SEND_PG)
         try:
-            # Not run: EXPLAIN of the plan the connection keeps for the statement.
+            # Not run: EXPLAIN shows the generic plan, the one chatcore's connections keep.
             plan = await driver.fetchval(
                 "EXPLAIN (FORMAT JSON) EXECUTE probe("
                 f"ARRAY[{a}], ARRAY[{b}], ARRAY[NULL]::bigint[], ARRAY['probe'], ARRAY['hi'],"
