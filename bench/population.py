@@ -14,16 +14,18 @@ import secrets
 
 import asyncpg
 
+from bench.cluster import admin_dsn
 from chatcore.friends import ACCEPTED
 
 
 async def add_bystanders(database_url: str, count: int) -> None:
-    """`count` more users (rounded down to pairs) in `database_url`, a PostgreSQL URL."""
+    """`count` more users (rounded down to pairs) in `database_url`, a PostgreSQL URL
+    (either spelling: asyncpg's, or SQLAlchemy's postgresql+asyncpg://)."""
     pairs = count // 2
     if pairs < 1:
         return
     tag = secrets.token_hex(3)
-    conn = await asyncpg.connect(database_url)
+    conn = await asyncpg.connect(admin_dsn(database_url))
     try:
         async with conn.transaction():
             ids = sorted(

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(
 
 
 async def test_bystanders_are_pairs_of_friends_who_can_message_each_other(chat):
-    await add_bystanders(chat.db.url.replace("postgresql+asyncpg:", "postgresql:"), 7)
+    await add_bystanders(chat.db.url, 7)
     async with chat.db.transaction() as tx:
         ids = sorted((await tx.scalars(select(User.id))).all())
     assert len(ids) == 6  # rounded down to pairs

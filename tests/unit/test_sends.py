@@ -423,7 +423,7 @@ async def test_the_send_statement_reads_rows_by_key_among_thousands_of_users(cha
     """In a database of a few thousand users the send statement's one plan looks up the
     rows a send needs, rather than read the users and friendships whole each time
     (chatcore.db.SERVER_SETTINGS: random_page_cost)."""
-    await add_bystanders(chat.db.url.replace("postgresql+asyncpg:", "postgresql:"), 3000)
+    await add_bystanders(chat.db.url, 3000)
     a, b = await users(chat, "ra_user", "rb_user")
     await befriend(chat, a, b, "ra_user", "rb_user")
     async with chat.db.sql_transaction(implicit=True) as tx:
