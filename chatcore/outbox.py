@@ -24,7 +24,6 @@ from chatcore.db import Database
 from chatcore.eventlog import Delivery, forget
 from chatcore.models import Event as EventRow
 from chatcore.models import Outbox, utcnow
-from chatcore.vacuum import OutboxVacuum
 from longtail.wire import Event, Keys, ephemeral_message
 
 log = logging.getLogger("longtail.chatcore.outbox")
@@ -107,8 +106,6 @@ class Publisher:
         self._published: list[tuple[int, int]] = []
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        postgres = db.engine.dialect.name == "postgresql"
-        self.vacuum = OutboxVacuum(db) if postgres else None
 
     async def publish(self, deliveries: list[Delivery]) -> bool:
         """Buffer and PUBLISH each event; False (outbox keeps them) when Redis fails."""
@@ -123,8 +120,6 @@ class Publisher:
             return False
         self._published.extend((d.user_id, d.event.seq) for d in deliveries)
         self._wake.set()
-        if self.vacuum is not None:
-            self.vacuum.note_written(len(deliveries))
         return True
 
     async def publish_ephemeral(self, user_ids: list[int], data: bytes) -> None:
@@ -190,8 +185,6 @@ class Publisher:
             asyncio.create_task(self._forget_loop()),
             asyncio.create_task(self._sweep_loop()),
         ]
-        if self.vacuum is not None:
-            self._tasks.append(asyncio.create_task(self.vacuum.run()))
 
     async def stop(self) -> None:
         for task in self._tasks:
