@@ -389,6 +389,88 @@ async def test_a_pooled_connection_killed_while_idle_is_replaced(chat, monkeypat
         assert await tx.scalar(select(Message.body).where(Message.id == message["id"]))
 
 
+def server_of_each_batch(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The PostgreSQL backend (its pid) that runs each batch of sends from now on."""
+    servers: list[int] = []
+    store = sends.store
+
+    async def noting(tx: Any, *args: Any) -> Any:
+        servers.append(tx.driver.get_server_pid())
+        return await store(tx, *args)
+
+    monkeypatch.setattr(sends, "store", noting)
+    return servers
+
+
+@pytest.mark.skipif(not REAL_DATABASE_URL, reason="PostgreSQL only: SQLite has no server")
+async def test_batch_after_batch_of_sends_uses_one_connection_without_the_pool(chat, monkeypatch):
+    """The send path keeps its connection between batches (chatcore.db.sql_transaction):
+    a pool checkout and check-in cost more CPU than the statement's round trip."""
+    a, b = await users(chat, "ca_user", "cb_user")
+    await befriend(chat, a, b, "ca_user", "cb_user")
+    checkouts = [0]
+
+    @event.listens_for(chat.db.engine.sync_engine, "checkout")
+    def _checkout(*_args: Any) -> None:
+        checkouts[0] += 1
+
+    servers = server_of_each_batch(monkeypatch)
+    for n in range(5):
+        await chat.send(a, {"to": b, "body": f"kept {n}", "client_id": f"k{n}"})
+    assert len(set(servers)) == 1, "every batch ran on the same connection"
+    assert checkouts[0] <= 1, "none but perhaps the first took one from the pool"
+    received = [p["message"]["body"] for p in await payloads(chat, b) if p["type"] == "message"]
+    assert received == [f"kept {n}" for n in range(5)]
+
+
+@pytest.mark.skipif(not REAL_DATABASE_URL, reason="PostgreSQL only: SQLite has no server")
+async def test_the_kept_connection_killed_while_idle_is_replaced(chat, monkeypatch):
+    """The kept connection is pinged after idleness, as the pool's are: a send after a
+    database restart is stored, not refused."""
+    monkeypatch.setattr("chatcore.db.PING_IDLE_AFTER", 0.0)
+    a, b = await users(chat, "ia_user", "ib_user")
+    await befriend(chat, a, b, "ia_user", "ib_user")
+    servers = server_of_each_batch(monkeypatch)
+    await chat.send(a, {"to": b, "body": "before", "client_id": "i1"})
+    killer = Database(chat.db.url)
+    try:
+        async with killer.engine.connect() as conn:
+            await conn.execute(text(f"SELECT pg_terminate_backend({servers[0]})"))
+    finally:
+        await killer.close()
+    message, created = await chat.send(a, {"to": b, "body": "after", "client_id": "i2"})
+    assert created and message["body"] == "after"
+    assert servers[1] != servers[0], "the killed connection was not used again"
+    received = [p["message"]["body"] for p in await payloads(chat, b) if p["type"] == "message"]
+    assert received == ["before", "after"]
+
+
+@pytest.mark.skipif(not REAL_DATABASE_URL, reason="PostgreSQL only: SQLite has no server")
+async def test_transactions_at_once_each_get_a_connection_and_one_is_kept(chat):
+    db = chat.db
+    entered = asyncio.Event()
+    release = asyncio.Event()
+    servers: list[int] = []
+
+    async def hold() -> None:
+        async with db.sql_transaction() as tx:
+            assert tx.driver is not None
+            servers.append(tx.driver.get_server_pid())
+            if len(servers) == 2:
+                entered.set()
+            await release.wait()
+            assert await tx.driver.fetchval("SELECT 1") == 1
+
+    both = asyncio.gather(hold(), hold())
+    await asyncio.wait_for(entered.wait(), 5)
+    assert servers[0] != servers[1], "a transaction under way keeps its connection to itself"
+    release.set()
+    await both
+    assert db.engine.pool.checkedout() == 1, "one is kept for the next batch, one went back"
+    await db.close()
+    assert db.engine.pool.checkedout() == 0, "closing the database returns the kept one"
+
+
 @pytest.mark.skipif(not REAL_DATABASE_URL, reason="PostgreSQL only: SQLite plans no statement")
 async def test_the_send_statement_is_planned_once_not_for_every_send(chat, monkeypatch):
     """A batch of one send, the usual one at light load, is not planned again for each
