@@ -204,7 +204,7 @@ class Database:
                 yield Tx(conn)
             return
         # One connection is kept out of the pool between these transactions: a checkout
-        # and check-in cost 150 to 180 µs of CPU here (greenlets, the pool's events, and
+        # and check-in cost 140 to 180 µs of CPU here (greenlets, the pool's events, and
         # `async with engine.connect()` closing in a task of its own, shielded from
         # cancellation: three more turns of the event loop), more than the statement's
         # own round trip on asyncpg (about 100 µs), once per batch of sends (issue 5).
