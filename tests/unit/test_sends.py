@@ -365,24 +365,28 @@ async def test_group_commit_failure_reaches_every_caller_in_the_batch():
     assert all(isinstance(r, OSError) for r in results)
 
 
+async def terminate(chat: Chat, where: str) -> None:
+    """End the PostgreSQL backends that `where` picks out of pg_stat_activity, from a
+    connection of their own, as a database restart or an admin would."""
+    killer = Database(chat.db.url)
+    try:
+        async with killer.engine.connect() as conn:
+            await conn.execute(
+                text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE {where}")
+            )
+    finally:
+        await killer.close()
+
+
 @pytest.mark.skipif(not REAL_DATABASE_URL, reason="PostgreSQL only: SQLite has no server")
 async def test_a_pooled_connection_killed_while_idle_is_replaced(chat, monkeypatch):
     """What pool_pre_ping was for, now paid only after idleness (chatcore.db)."""
     monkeypatch.setattr("chatcore.db.PING_IDLE_AFTER", 0.0)
     a, b = await users(chat, "ka_user", "kb_user")
     await befriend(chat, a, b, "ka_user", "kb_user")
-    killer = Database(chat.db.url)
-    try:
-        async with killer.engine.connect() as conn:
-            await conn.execute(
-                text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND pid <> pg_backend_pid() "
-                    "AND state = 'idle'"
-                )
-            )
-    finally:
-        await killer.close()
+    await terminate(
+        chat, "datname = current_database() AND pid <> pg_backend_pid() AND state = 'idle'"
+    )
     message, created = await chat.send(a, {"to": b, "body": "still here", "client_id": "k"})
     assert created and message["body"] == "still here"
     async with chat.db.transaction() as tx:
@@ -432,12 +436,7 @@ async def test_the_kept_connection_killed_while_idle_is_replaced(chat, monkeypat
     await befriend(chat, a, b, "ia_user", "ib_user")
     servers = server_of_each_batch(monkeypatch)
     await chat.send(a, {"to": b, "body": "before", "client_id": "i1"})
-    killer = Database(chat.db.url)
-    try:
-        async with killer.engine.connect() as conn:
-            await conn.execute(text(f"SELECT pg_terminate_backend({servers[0]})"))
-    finally:
-        await killer.close()
+    await terminate(chat, f"pid = {servers[0]}")
     message, created = await chat.send(a, {"to": b, "body": "after", "client_id": "i2"})
     assert created and message["body"] == "after"
     assert servers[1] != servers[0], "the killed connection was not used again"
@@ -542,13 +541,7 @@ async def test_a_send_whose_connection_dies_mid_transaction_is_a_503_then_stored
     store = sends.store
 
     async def cut_off(tx: Any, requests: list[sends.SendRequest], *rest: Any) -> Any:
-        killer = Database(chat.db.url)
-        try:
-            async with killer.engine.connect() as conn:
-                pid = tx.driver.get_server_pid()
-                await conn.execute(text(f"SELECT pg_terminate_backend({int(pid)})"))
-        finally:
-            await killer.close()
+        await terminate(chat, f"pid = {int(tx.driver.get_server_pid())}")
         return await store(tx, requests, *rest)
 
     monkeypatch.setattr(sends, "store", cut_off)
