@@ -102,10 +102,11 @@ async def test_websocket_beats_and_closes_at_its_max_age(pair, stack, http):
     _, bob = pair
     # A socket that has not answered the last beat's ping by the next beat is dropped;
     # here the client shares the test's event loop with both gateways, so the beats
-    # leave room for a stalled loop.
+    # leave room for a stalled loop (0.5 s was not enough once, in a clean-clone CI run
+    # on real Redis and PostgreSQL: the socket was dropped after a heartbeat).
     for gateway in stack.gateways:
         gateway.services.settings = gateway.services.settings.with_(
-            heartbeat=0.5, stream_max_age=1.6
+            heartbeat=1.0, stream_max_age=2.6
         )
     url = stack.urls[0].replace("http", "ws") + f"/api/events/ws?cursor={bob.cursor + 2}"
     async with http.ws_connect(url, headers={**bob.headers(), "Origin": stack.urls[0]}) as ws:
