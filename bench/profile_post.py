@@ -102,11 +102,13 @@ async def one_run(args: argparse.Namespace, spy_to: str | None) -> dict[str, Any
                     await stop_py_spy(spy)
             async with longtail_side.client_session() as http:
                 result["stages_ms"] = {
+                    # Batches go over the sends socket since it came; a checkout from
+                    # before it posts them.
                     "chatcore_hop": await histogram_mean(
-                        http,
-                        gw1,
-                        "longtail_chatcore_request_seconds",
-                        route="POST /internal/sends",
+                        http, gw1, "longtail_chatcore_request_seconds", route="WS /internal/sends"
+                    )
+                    or await histogram_mean(
+                        http, gw1, "longtail_chatcore_request_seconds", route="POST /internal/sends"
                     ),
                     "publish_to_write": await histogram_mean(
                         http, gw2, "longtail_publish_to_delivery_seconds"

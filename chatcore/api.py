@@ -7,7 +7,6 @@ authenticated the user; paths name the acting user by id.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 from typing import Any, ClassVar
@@ -16,15 +15,14 @@ import tornado.web
 from tornado import httputil
 from tornado.http1connection import HTTP1Connection
 
+from chatcore import sends_socket
+from chatcore.internal import require_secret, send_batch
+from chatcore.sends_socket import SendSockets, SendsSocket
 from chatcore.service import EVENTS_PAGE, Chat
-from longtail.errors import ApiError, bad_request
 from longtail.lean import LeanApplication, LeanRequest
 from longtail.logs import REQUEST_ID_HEADER, begin_request
-from longtail.validate import field_int, field_str, query_int
+from longtail.validate import field_str, query_int
 from longtail.web import MAX_JSON_DEPTH, JsonHandler, NotFoundHandler, body_object
-
-# A gateway batches what arrived during its previous call; this bounds one request.
-MAX_SENDS = 512
 
 
 class InternalHandler(JsonHandler):
@@ -36,13 +34,6 @@ class InternalHandler(JsonHandler):
     def prepare(self) -> None:
         begin_request(self.request.headers.get(REQUEST_ID_HEADER))
         require_secret(self.chat, self.request.headers.get("Authorization", ""))
-
-
-def require_secret(chat: Chat, authorization: str) -> None:
-    """A 401 unless the request carries `Authorization: Bearer <LONGTAIL_SECRET>`."""
-    expected = f"Bearer {chat.settings.secret}".encode()
-    if not hmac.compare_digest(authorization.encode(), expected):
-        raise ApiError(401, "bad_secret", "chatcore's internal API needs the shared secret.")
 
 
 class Health(InternalHandler):
@@ -145,27 +136,6 @@ class LeanSends(LeanRequest[Chat]):
         return 200, json.dumps(answer, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-async def send_batch(chat: Chat, body: dict[str, Any]) -> dict[str, Any]:
-    """Check a batch (each message was checked against the public limit by the gateway,
-    so the body may nest three levels deeper), store it, and say how each send went."""
-    items = body.get("sends")
-    if not isinstance(items, list) or not items:
-        raise bad_request("'sends' must be a non-empty list.", "invalid_field")
-    if len(items) > MAX_SENDS:
-        raise bad_request(f"At most {MAX_SENDS} sends per batch.", "invalid_field")
-    if not all(isinstance(item, dict) for item in items):
-        raise bad_request("Each send must be a JSON object.", "invalid_field")
-    pairs = [(field_int(item, "user_id"), item.get("message")) for item in items]
-    results: list[dict[str, Any]] = []
-    for outcome in await chat.send_many(pairs):
-        if isinstance(outcome, ApiError):
-            results.append({"status": outcome.status, **outcome.body()})
-        else:
-            message, created = outcome
-            results.append({"status": 201 if created else 200, "message": message})
-    return {"results": results}
-
-
 class Conversations(InternalHandler):
     async def get(self, user_id: str) -> None:
         self.send_json({"conversations": await self.chat.conversations(int(user_id))})
@@ -235,7 +205,10 @@ class Presence(InternalHandler):
         self.send_json({"ok": True})
 
 
-def make_app(chat: Chat, **settings: Any) -> tornado.web.Application:
+def make_app(
+    chat: Chat, sockets: SendSockets | None = None, **settings: Any
+) -> tornado.web.Application:
+    """chatcore's routes; `sockets` keeps the send sockets for shutdown (chatcore.app)."""
     user = r"/internal/users/(\d{1,18})"
     return LeanApplication(
         chat,
@@ -250,6 +223,11 @@ def make_app(chat: Chat, **settings: Any) -> tornado.web.Application:
             (user + r"/friends/(\d{1,18})", Friend, {"chat": chat}),
             (user + r"/messages", Messages, {"chat": chat}),
             (r"/internal/sends", Sends, {"chat": chat}),
+            (
+                sends_socket.PATH,
+                SendsSocket,
+                {"chat": chat, "sockets": SendSockets() if sockets is None else sockets},
+            ),
             (user + r"/conversations", Conversations, {"chat": chat}),
             (user + r"/conversations/(\d{1,18})/messages", History, {"chat": chat}),
             (user + r"/conversations/(\d{1,18})/read", Read, {"chat": chat}),

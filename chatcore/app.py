@@ -15,6 +15,7 @@ from tornado.netutil import bind_sockets
 from chatcore.api import make_app
 from chatcore.db import Database
 from chatcore.migrate import migrate
+from chatcore.sends_socket import SendSockets
 from chatcore.service import Chat
 from longtail.redisconn import command_client
 from longtail.settings import ConfigError, Settings
@@ -47,6 +48,7 @@ class Chatcore:
             settings.redis_url, max_connections=REDIS_CONNECTIONS, **redis_options()
         )
         self.chat = Chat(settings, self.db, self.redis)
+        self.sockets = SendSockets()
         self.server: HTTPServer | None = None
         self.port: int | None = None
 
@@ -59,7 +61,7 @@ class Chatcore:
             self.settings.chatcore_port if port is None else port,
             address=self.settings.chatcore_host,
         )
-        self.server = HTTPServer(make_app(self.chat))
+        self.server = HTTPServer(make_app(self.chat, self.sockets))
         self.server.add_sockets(sockets)
         self.port = sockets[0].getsockname()[1]
         log.info("chatcore listening on http://%s:%d", self.settings.chatcore_host, self.port)
@@ -68,6 +70,8 @@ class Chatcore:
         if self.server is not None:
             self.server.stop()
             await self.server.close_all_connections()
+        # Upgraded, so not among the server's connections: their batches answer first.
+        await self.sockets.drain(5.0)
         await self.chat.wait_idle(5.0)
         await self.chat.publisher.stop()
         await self.redis.aclose()

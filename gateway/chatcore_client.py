@@ -1,21 +1,24 @@
 """The gateway's client for chatcore's internal API: keep-alive HTTP, errors as ApiError.
 
 Sends, the hot command, are batched (longtail.batching): the sends that arrive while
-one batch is on its way to chatcore go together in the next `POST /internal/sends`,
-which chatcore stores in one group commit. Profiles put the cost of a relayed send in
-the HTTP request on both sides, not in the message (issue 5).
+one batch is on its way to chatcore go together in the next batch, which chatcore
+stores in one group commit. Profiles put the cost of a relayed send in the HTTP request
+on both sides, not in the message (issue 5), so batches go over a WebSocket
+(gateway.chatcore_socket); `POST /internal/sends` while chatcore refuses that socket.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import aiohttp
 
+from gateway.chatcore_socket import ChatcoreSocket, Refused
 from longtail.batching import Batcher
 from longtail.errors import ApiError
 from longtail.logs import request_headers
@@ -35,6 +38,11 @@ REQUEST_TIMEOUT = 10.0
 # Sends per internal request: what piles up during one round trip at thousands of sends
 # a second; chatcore splits it over its own commits (and refuses more than 512).
 MAX_SEND_BATCH = 256
+
+# A chatcore that refused the sends socket gets batches posted for this long, then the
+# socket is tried again (it may have been upgraded meanwhile).
+POST_AFTER_REFUSAL = 60.0
+SOCKET_ROUTE = "WS /internal/sends"
 
 # One send's answer from chatcore: (201 created or 200 a retry, the message).
 SendResult = tuple[int, dict[str, Any]]
@@ -58,6 +66,8 @@ class ChatcoreClient:
         self._sends: Batcher[tuple[int, Any], SendResult] = Batcher(
             self._send_batch, MAX_SEND_BATCH
         )
+        self._socket = ChatcoreSocket(self._base)
+        self._post_until = 0.0  # monotonic time: batches are posted until then
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
@@ -68,6 +78,7 @@ class ChatcoreClient:
 
     async def close(self) -> None:
         await self._sends.aclose()
+        await self._socket.close()
         if self._session is not None:
             await self._session.close()
 
@@ -100,6 +111,38 @@ class ChatcoreClient:
             raise error
         return status, raw
 
+    async def _send_frame(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        """A batch's results over the sends socket (`request`'s errors, the same way), or
+        over `POST /internal/sends` while chatcore refuses the socket."""
+        if self._session is None:
+            raise RuntimeError("ChatcoreClient.start() was not called")
+        if time.monotonic() < self._post_until:
+            return (await self.call("POST", "/internal/sends", body=body))["results"]
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                answer = await self._socket.call(self._session, body)
+        except Refused as exc:
+            log.warning("%s: posting batches for %.0f s", exc, POST_AFTER_REFUSAL)
+            self._post_until = time.monotonic() + POST_AFTER_REFUSAL
+            return (await self.call("POST", "/internal/sends", body=body))["results"]
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            log.warning("chatcore %s failed: %s", SOCKET_ROUTE, exc or type(exc).__name__)
+            self._count_error(SOCKET_ROUTE)
+            if isinstance(exc, TimeoutError):
+                self._socket.drop()
+            raise unavailable() from None
+        if self._metrics is not None:
+            self._metrics.chatcore_seconds.labels(SOCKET_ROUTE).observe(
+                time.perf_counter() - started
+            )
+        status = int(answer["status"])
+        if status >= 500:
+            self._count_error(SOCKET_ROUTE)
+        if status >= 400:
+            raise _error_of(status, answer)
+        return cast(list[dict[str, Any]], answer["results"])
+
     def _count_error(self, route: str) -> None:
         if self._metrics is not None:
             self._metrics.chatcore_errors.labels(route).inc()
@@ -117,7 +160,7 @@ class ChatcoreClient:
 
     async def _send_batch(self, items: list[tuple[int, Any]]) -> list[SendResult | ApiError]:
         body = {"sends": [{"user_id": user_id, "message": m} for user_id, m in items]}
-        results = (await self.call("POST", "/internal/sends", body=body))["results"]
+        results = await self._send_frame(body)
         if len(results) != len(items):
             log.error("chatcore answered %d of %d sends", len(results), len(items))
             raise ApiError(502, "bad_gateway", "The chat service gave an unexpected answer.")
@@ -146,11 +189,23 @@ def _encode(event: dict[str, Any]) -> bytes:
 
 def _relayed(status: int, raw: bytes) -> ApiError:
     try:
-        error = json.loads(raw)["error"]
-        return ApiError(status, str(error["code"]), str(error["message"]))
-    except (ValueError, KeyError, TypeError):
+        answer = json.loads(raw)
+    except ValueError:
+        answer = None
+    return _error_of(status, answer)
+
+
+def _error_of(status: int, answer: Any) -> ApiError:
+    """chatcore's error answer (`{"error": {"code", "message"}}`) as the ApiError to relay."""
+    try:
+        error = answer["error"]
+        relayed = ApiError(status, str(error["code"]), str(error["message"]))
+    except (KeyError, TypeError):
         log.error("chatcore answered %d without an error body", status)
         return ApiError(502, "bad_gateway", "The chat service gave an unexpected answer.")
+    if status == 503:
+        relayed.headers["Retry-After"] = "1"
+    return relayed
 
 
 def _send_result(result: dict[str, Any]) -> SendResult | ApiError:
