@@ -71,6 +71,14 @@ async def database_errors() -> AsyncIterator[None]:
         ) from None
 
 
+# A stored send's answer, and its batch's publish (Chat._publish_in_turn).
+Stored = tuple[dict[str, Any], bool, "asyncio.Future[bool]"]
+
+
+def stored(outcome: sends.Outcome, published: asyncio.Future[bool]) -> Stored | ApiError:
+    return outcome if isinstance(outcome, ApiError) else (*outcome, published)
+
+
 class Chat:
     def __init__(self, settings: Settings, db: Database, redis: Redis) -> None:
         keys = Keys(settings.redis_prefix)
@@ -82,9 +90,9 @@ class Chat:
         self.publisher = Publisher(db, redis, keys, settings.buffer_size, settings.buffer_ttl)
         self._commits = 0
         self._busy = 0  # database work under way, waited for at shutdown
-        self._sends: Batcher[sends.SendRequest, tuple[dict[str, Any], bool]] = Batcher(
-            self._send_batch
-        )
+        self._sends: Batcher[sends.SendRequest, Stored] = Batcher(self._send_batch)
+        # The publish of the send batch committed last: the next one's goes after it.
+        self._publishing: asyncio.Future[bool] | None = None
 
     async def _write(
         self, work: Callable[[AsyncSession], Awaitable[tuple[T, list[Delivery]]]]
@@ -92,27 +100,56 @@ class Chat:
         """Run `work` in a transaction of an ORM session, publish its events after commit."""
         return await self._commit(self.db.transaction, work)
 
-    async def _store(self, work: Callable[[Tx], Awaitable[tuple[T, list[Delivery]]]]) -> T:
+    async def _store(
+        self, work: Callable[[Tx], Awaitable[tuple[T, list[Delivery]]]]
+    ) -> tuple[T, asyncio.Future[bool]]:
         """`_write` for the send path, which needs no ORM session (chatcore.sends): on
         PostgreSQL not even a BEGIN, as the batch is stored by one statement.
+
+        It returns once committed, with the publish under way (`_publish_in_turn`), so
+        the next batch is stored while this one's events go to Redis.
 
         Friends without their direct conversation (from before accepting created it)
         get it in an ORM transaction of its own, then `work` runs again.
         """
         begin = partial(self.db.sql_transaction, implicit=True)
         try:
-            return await self._commit(begin, work)
+            result, deliveries = await self._committed(begin, work)
         except sends.MissingConversations as missing:
             pairs = missing.pairs
             await self._write(lambda tx: friends.create_direct(tx, pairs))
-            return await self._commit(begin, work)
+            result, deliveries = await self._committed(begin, work)
+        return result, self._publish_in_turn(deliveries)
+
+    def _publish_in_turn(self, deliveries: list[Delivery]) -> asyncio.Future[bool]:
+        """Publish after the send batches committed before this one: each user's events
+        go out in seq order."""
+        previous = self._publishing
+
+        async def publish() -> bool:
+            if previous is not None:
+                await asyncio.wait([previous])
+            return await self.publisher.publish(deliveries)
+
+        self._publishing = asyncio.ensure_future(publish())
+        return self._publishing
 
     async def _commit(
         self,
         begin: Callable[[], AbstractAsyncContextManager[H]],
         work: Callable[[H], Awaitable[tuple[T, list[Delivery]]]],
     ) -> T:
-        """Run `work` in a transaction, publish its events after commit.
+        """Run `work` in a transaction, publish its events after commit."""
+        result, deliveries = await self._committed(begin, work)
+        await self.publisher.publish(deliveries)
+        return result
+
+    async def _committed(
+        self,
+        begin: Callable[[], AbstractAsyncContextManager[H]],
+        work: Callable[[H], Awaitable[tuple[T, list[Delivery]]]],
+    ) -> tuple[T, list[Delivery]]:
+        """Run `work` in a transaction: its result and the events to publish.
 
         A unique-constraint race (two first sends with one client_id, two people asking
         each other at once) is retried once: the second attempt sees the winner's row.
@@ -133,8 +170,7 @@ class Chat:
                 # case the outbox exists for.
                 log.warning("fault injection: exiting after commit %d", self._commits)
                 os._exit(70)
-        await self.publisher.publish(deliveries)
-        return result
+        return result, deliveries
 
     async def _read(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
         async with self._working(), database_errors(), self.db.transaction() as tx:
@@ -153,8 +189,12 @@ class Chat:
         engine after this, so no transaction is cut mid-way."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while (self._busy or self._sends.busy) and loop.time() < deadline:
+        while self._working_on_something() and loop.time() < deadline:
             await asyncio.sleep(0.01)
+
+    def _working_on_something(self) -> bool:
+        publishing = self._publishing is not None and not self._publishing.done()
+        return bool(self._busy or self._sends.busy or publishing)
 
     async def register(self, body: dict[str, Any]) -> dict[str, Any]:
         async def work(tx: AsyncSession) -> tuple[dict[str, Any], list[Delivery]]:
@@ -201,7 +241,10 @@ class Chat:
     async def send(self, user_id: int, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """Check the body at once; store it with the sends queued meanwhile (group commit)."""
         request = sends.parse(user_id, body, self.settings.max_message_chars)
-        return await self._sends.submit(request)
+        message, created, published = await self._sends.submit(request)
+        # Answered once published, as every write is; shielded: other sends share it.
+        await asyncio.shield(published)
+        return message, created
 
     async def send_many(
         self, items: list[tuple[int, Any]]
@@ -228,7 +271,7 @@ class Chat:
 
     async def _send_batch(
         self, requests: list[sends.SendRequest]
-    ) -> Sequence[tuple[dict[str, Any], bool] | BaseException]:
+    ) -> Sequence[Stored | BaseException]:
         """One transaction for the whole batch, published after commit.
 
         A batch that fails as a whole (not the per-send refusals, which are outcomes) is
@@ -241,7 +284,8 @@ class Chat:
             return await sends.store(tx, requests, published)
 
         try:
-            return await self._store(work)
+            outcomes, published_now = await self._store(work)
+            return [stored(outcome, published_now) for outcome in outcomes]
         except BaseException as exc:
             self.publisher.give_back(published)
             if not isinstance(exc, Exception):
@@ -252,14 +296,12 @@ class Chat:
             log.warning("a batch of %d sends failed; storing them one by one", len(requests))
         return [await self._send_alone(request) for request in requests]
 
-    async def _send_alone(
-        self, request: sends.SendRequest
-    ) -> tuple[dict[str, Any], bool] | BaseException:
+    async def _send_alone(self, request: sends.SendRequest) -> Stored | BaseException:
         try:
-            (outcome,) = await self._store(lambda tx: sends.store(tx, [request]))
+            (outcome,), published = await self._store(lambda tx: sends.store(tx, [request]))
         except Exception as exc:
             return exc
-        return outcome
+        return stored(outcome, published)
 
     async def conversations(self, user_id: int) -> list[dict[str, Any]]:
         return await self._read(lambda tx: messaging.conversations(tx, user_id))
