@@ -71,14 +71,6 @@ async def database_errors() -> AsyncIterator[None]:
         ) from None
 
 
-# A stored send's answer, and its batch's publish (Chat._publish_in_turn).
-Stored = tuple[dict[str, Any], bool, "asyncio.Future[bool]"]
-
-
-def stored(outcome: sends.Outcome, published: asyncio.Future[bool]) -> Stored | ApiError:
-    return outcome if isinstance(outcome, ApiError) else (*outcome, published)
-
-
 class Chat:
     def __init__(self, settings: Settings, db: Database, redis: Redis) -> None:
         keys = Keys(settings.redis_prefix)
@@ -90,9 +82,9 @@ class Chat:
         self.publisher = Publisher(db, redis, keys, settings.buffer_size, settings.buffer_ttl)
         self._commits = 0
         self._busy = 0  # database work under way, waited for at shutdown
-        self._sends: Batcher[sends.SendRequest, Stored] = Batcher(self._send_batch)
-        # The publish of the send batch committed last: the next one's goes after it.
-        self._publishing: asyncio.Future[bool] | None = None
+        self._sends: Batcher[sends.SendRequest, tuple[dict[str, Any], bool]] = Batcher(
+            self._send_batch
+        )
 
     async def _write(
         self, work: Callable[[AsyncSession], Awaitable[tuple[T, list[Delivery]]]]
@@ -100,56 +92,27 @@ class Chat:
         """Run `work` in a transaction of an ORM session, publish its events after commit."""
         return await self._commit(self.db.transaction, work)
 
-    async def _store(
-        self, work: Callable[[Tx], Awaitable[tuple[T, list[Delivery]]]]
-    ) -> tuple[T, asyncio.Future[bool]]:
+    async def _store(self, work: Callable[[Tx], Awaitable[tuple[T, list[Delivery]]]]) -> T:
         """`_write` for the send path, which needs no ORM session (chatcore.sends): on
         PostgreSQL not even a BEGIN, as the batch is stored by one statement.
-
-        It returns once committed, with the publish under way (`_publish_in_turn`), so
-        the next batch is stored while this one's events go to Redis.
 
         Friends without their direct conversation (from before accepting created it)
         get it in an ORM transaction of its own, then `work` runs again.
         """
         begin = partial(self.db.sql_transaction, implicit=True)
         try:
-            result, deliveries = await self._committed(begin, work)
+            return await self._commit(begin, work)
         except sends.MissingConversations as missing:
             pairs = missing.pairs
             await self._write(lambda tx: friends.create_direct(tx, pairs))
-            result, deliveries = await self._committed(begin, work)
-        return result, self._publish_in_turn(deliveries)
-
-    def _publish_in_turn(self, deliveries: list[Delivery]) -> asyncio.Future[bool]:
-        """Publish after the send batches committed before this one: each user's events
-        go out in seq order."""
-        previous = self._publishing
-
-        async def publish() -> bool:
-            if previous is not None:
-                await asyncio.wait([previous])
-            return await self.publisher.publish(deliveries)
-
-        self._publishing = asyncio.ensure_future(publish())
-        return self._publishing
+            return await self._commit(begin, work)
 
     async def _commit(
         self,
         begin: Callable[[], AbstractAsyncContextManager[H]],
         work: Callable[[H], Awaitable[tuple[T, list[Delivery]]]],
     ) -> T:
-        """Run `work` in a transaction, publish its events after commit."""
-        result, deliveries = await self._committed(begin, work)
-        await self.publisher.publish(deliveries)
-        return result
-
-    async def _committed(
-        self,
-        begin: Callable[[], AbstractAsyncContextManager[H]],
-        work: Callable[[H], Awaitable[tuple[T, list[Delivery]]]],
-    ) -> tuple[T, list[Delivery]]:
-        """Run `work` in a transaction: its result and the events to publish.
+        """Run `work` in a transaction, publish its events after commit.
 
         A unique-constraint race (two first sends with one client_id, two people asking
         each other at once) is retried once: the second attempt sees the winner's row.
@@ -170,7 +133,8 @@ class Chat:
                 # case the outbox exists for.
                 log.warning("fault injection: exiting after commit %d", self._commits)
                 os._exit(70)
-        return result, deliveries
+        await self.publisher.publish(deliveries)
+        return result
 
     async def _read(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
         async with self._working(), database_errors(), self.db.transaction() as tx:
@@ -189,12 +153,8 @@ class Chat:
         engine after this, so no transaction is cut mid-way."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self._working_on_something() and loop.time() < deadline:
+        while (self._busy or self._sends.busy) and loop.time() < deadline:
             await asyncio.sleep(0.01)
-
-    def _working_on_something(self) -> bool:
-        publishing = self._publishing is not None and not self._publishing.done()
-        return bool(self._busy or self._sends.busy or publishing)
 
     async def register(self, body: dict[str, Any]) -> dict[str, Any]:
         async def work(tx: AsyncSession) -> tuple[dict[str, Any], list[Delivery]]:
@@ -241,10 +201,7 @@ class Chat:
     async def send(self, user_id: int, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """Check the body at once; store it with the sends queued meanwhile (group commit)."""
         request = sends.parse(user_id, body, self.settings.max_message_chars)
-        message, created, published = await self._sends.submit(request)
-        # Answered once published, as every write is; shielded: other sends share it.
-        await asyncio.shield(published)
-        return message, created
+        return await self._sends.submit(request)
 
     async def send_many(
         self, items: list[tuple[int, Any]]
@@ -271,7 +228,7 @@ class Chat:
 
     async def _send_batch(
         self, requests: list[sends.SendRequest]
-    ) -> Sequence[Stored | BaseException]:
+    ) -> Sequence[tuple[dict[str, Any], bool] | BaseException]:
         """One transaction for the whole batch, published after commit.
 
         A batch that fails as a whole (not the per-send refusals, which are outcomes) is
@@ -284,8 +241,7 @@ class Chat:
             return await sends.store(tx, requests, published)
 
         try:
-            outcomes, published_now = await self._store(work)
-            return [stored(outcome, published_now) for outcome in outcomes]
+            return await self._store(work)
         except BaseException as exc:
             self.publisher.give_back(published)
             if not isinstance(exc, Exception):
@@ -296,12 +252,14 @@ class Chat:
             log.warning("a batch of %d sends failed; storing them one by one", len(requests))
         return [await self._send_alone(request) for request in requests]
 
-    async def _send_alone(self, request: sends.SendRequest) -> Stored | BaseException:
+    async def _send_alone(
+        self, request: sends.SendRequest
+    ) -> tuple[dict[str, Any], bool] | BaseException:
         try:
-            (outcome,), published = await self._store(lambda tx: sends.store(tx, [request]))
+            (outcome,) = await self._store(lambda tx: sends.store(tx, [request]))
         except Exception as exc:
             return exc
-        return stored(outcome, published)
+        return outcome
 
     async def conversations(self, user_id: int) -> list[dict[str, Any]]:
         return await self._read(lambda tx: messaging.conversations(tx, user_id))
