@@ -81,7 +81,6 @@ class SendsSocket(tornado.websocket.WebSocketHandler):
         try:
             require_secret(self.chat, self.request.headers.get("Authorization", ""))
         except ApiError as exc:
-            log_access(exc.status, "GET", PATH, self.request.remote_ip, 0.0)
             self.set_status(exc.status)
             self.set_header("Content-Type", "application/json; charset=utf-8")
             self.finish(json.dumps(exc.body(), separators=(",", ":")))
