@@ -19,10 +19,14 @@ from chatcore import sends_socket
 from chatcore.internal import require_secret, send_batch
 from chatcore.sends_socket import SendSockets, SendsSocket
 from chatcore.service import EVENTS_PAGE, Chat
+from longtail.errors import bad_request
 from longtail.lean import LeanApplication, LeanRequest
 from longtail.logs import REQUEST_ID_HEADER, begin_request
-from longtail.validate import field_str, query_int
+from longtail.validate import field_int, field_str, query_int
 from longtail.web import MAX_JSON_DEPTH, JsonHandler, NotFoundHandler, body_object
+
+# A gateway's presence changes in one request (gateway.presence batches them).
+MAX_PRESENCE_CHANGES = 1000
 
 
 class InternalHandler(JsonHandler):
@@ -205,6 +209,28 @@ class Presence(InternalHandler):
         self.send_json({"ok": True})
 
 
+class PresenceBatch(InternalHandler):
+    """`POST /internal/presence`: `{"changes": [{"user_id", "online"}]}`, in order."""
+
+    async def post(self) -> None:
+        changes = self.json_body().get("changes")
+        if not isinstance(changes, list) or not changes:
+            raise bad_request("'changes' must be a non-empty list.", "invalid_field")
+        if len(changes) > MAX_PRESENCE_CHANGES:
+            raise bad_request(
+                f"At most {MAX_PRESENCE_CHANGES} changes per request.", "invalid_field"
+            )
+        parsed: list[tuple[int, bool]] = []
+        for change in changes:
+            if not isinstance(change, dict) or not isinstance(change.get("online"), bool):
+                raise bad_request(
+                    "Each change needs a user_id and online: true or false.", "invalid_field"
+                )
+            parsed.append((field_int(change, "user_id"), change["online"]))
+        await self.chat.presence_many(parsed)
+        self.send_json({"ok": True})
+
+
 def make_app(
     chat: Chat, sockets: SendSockets | None = None, **settings: Any
 ) -> tornado.web.Application:
@@ -238,6 +264,7 @@ def make_app(
             (user + r"/rooms/(\d{1,18})/leave", RoomLeave, {"chat": chat}),
             (user + r"/typing", Typing, {"chat": chat}),
             (user + r"/presence", Presence, {"chat": chat}),
+            (r"/internal/presence", PresenceBatch, {"chat": chat}),
         ],
         default_handler_class=NotFoundHandler,
         **settings,

@@ -35,6 +35,25 @@ async def are_friends(tx: AsyncSession, a: int, b: int) -> bool:
     return row is not None and row.status == ACCEPTED
 
 
+async def friends_of(tx: AsyncSession, user_ids: list[int]) -> dict[int, list[int]]:
+    """Each of these users' friends (accepted), in one statement: a burst of presence
+    changes (a gateway's users all gone at once) is one read, not one each."""
+    f = Friendship
+    rows = await tx.execute(
+        select(f.user_low, f.user_high).where(
+            f.status == ACCEPTED, or_(f.user_low.in_(user_ids), f.user_high.in_(user_ids))
+        )
+    )
+    wanted = set(user_ids)
+    result: dict[int, list[int]] = {user_id: [] for user_id in user_ids}
+    for low, high in rows:
+        if low in wanted:
+            result[low].append(high)
+        if high in wanted:
+            result[high].append(low)
+    return result
+
+
 async def listing(tx: AsyncSession, user_id: int) -> dict[str, list[dict[str, Any]]]:
     rows = await tx.execute(
         select(Friendship, User)

@@ -124,11 +124,17 @@ class Publisher:
 
     async def publish_ephemeral(self, user_ids: list[int], data: bytes) -> None:
         """Typing, presence: published once, lost if nobody listens, never retried."""
-        if not user_ids:
+        await self.publish_ephemerals([(user_ids, data)])
+
+    async def publish_ephemerals(self, items: list[tuple[list[int], bytes]]) -> None:
+        """`publish_ephemeral` for each (user_ids, data), in one round trip, in order."""
+        if not any(user_ids for user_ids, _ in items):
             return
         pipe = self._redis.pipeline(transaction=False)
-        for user_id in user_ids:
-            pipe.spublish(self._keys.channel(user_id), ephemeral_message(data))
+        for user_ids, data in items:
+            message = ephemeral_message(data)
+            for user_id in user_ids:
+                pipe.spublish(self._keys.channel(user_id), message)
         try:
             await pipe.execute()
         except (RedisError, OSError) as exc:

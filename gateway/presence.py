@@ -4,8 +4,11 @@ Each user has a small sorted set in Redis of the gateways holding them, scored b
 expiry that each gateway refreshes. A user's first connection on a gateway adds it; their
 last one leaving (after the hub's grace period, so a reconnect does not flicker) removes
 it. When that flips the user between online and offline, chatcore pushes an ephemeral
-`presence` event to their friends. A gateway that dies stops refreshing: its entries
-expire after PRESENCE_TTL and listings show the user offline (without a push).
+`presence` event to their friends. Those flips go to chatcore in batches
+(longtail.batching): when many users go at once (their clients cut, a gateway drained),
+one request and one read in chatcore carry them all. A gateway that dies stops
+refreshing: its entries expire after PRESENCE_TTL and listings show the user offline
+(without a push).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from redis.exceptions import RedisError
 
 from gateway.chatcore_client import ChatcoreClient
 from gateway.hub import Hub
+from longtail.batching import Batcher
 from longtail.errors import ApiError
 from longtail.wire import Keys
 
@@ -28,6 +32,9 @@ log = logging.getLogger("longtail.gateway.presence")
 
 PRESENCE_REFRESH = 10.0
 PRESENCE_TTL = 30.0
+# Presence changes per request to chatcore (it takes up to 1,000).
+MAX_ANNOUNCE_BATCH = 500
+ANNOUNCE_PATH = "/internal/presence"
 
 
 class Presence:
@@ -40,6 +47,9 @@ class Presence:
         self._task: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
         self._stopped = False
+        self._announcements: Batcher[tuple[int, bool], None] = Batcher(
+            self._announce_batch, MAX_ANNOUNCE_BATCH
+        )
         hub.on_arrive = lambda user_id: self._spawn(self._arrive(user_id))
         hub.on_leave = lambda user_id: self._spawn(self._leave(user_id))
 
@@ -66,6 +76,7 @@ class Presence:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._announcements.aclose()
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         if self._stopped:
@@ -104,12 +115,25 @@ class Presence:
             await self._announce(user_id, False)
 
     async def _announce(self, user_id: int, online: bool) -> None:
+        await self._announcements.submit((user_id, online))
+
+    async def _announce_batch(self, changes: list[tuple[int, bool]]) -> list[None]:
+        """Best effort, as the pushes are: a failure is logged once for the batch."""
+        body = {"changes": [{"user_id": user_id, "online": online} for user_id, online in changes]}
         try:
-            await self._chatcore.request(
-                "POST", f"/internal/users/{user_id}/presence", body={"online": online}
-            )
+            try:
+                await self._chatcore.request("POST", ANNOUNCE_PATH, body=body)
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+                # A chatcore from before the batched route (mid-upgrade): one each.
+                for user_id, online in changes:
+                    await self._chatcore.request(
+                        "POST", f"/internal/users/{user_id}/presence", body={"online": online}
+                    )
         except ApiError as exc:
-            log.info("presence push failed: %s", exc.code)
+            log.info("presence push of %d change(s) failed: %s", len(changes), exc.code)
+        return [None] * len(changes)
 
     async def _refresh_forever(self) -> None:
         while True:
