@@ -44,6 +44,12 @@ async def describe(redis_url: str, database_url: str) -> dict[str, Any]:
         connection = await asyncpg.connect(admin_dsn(database_url), timeout=10)
         try:
             database = "PostgreSQL " + str(await connection.fetchval("SHOW server_version"))
+            # What changes the figures: autovacuum is off on some CI machines' servers.
+            settings = await connection.fetch(
+                "SELECT name, setting FROM pg_settings"
+                " WHERE name IN ('autovacuum', 'fsync', 'synchronous_commit') ORDER BY name"
+            )
+            database += "; " + ", ".join(f"{name} {value}" for name, value in settings)
             commit_ms = await machine.commit_floor_ms(connection)
         finally:
             await connection.close()
