@@ -231,9 +231,7 @@ class PresenceBatch(InternalHandler):
         self.send_json({"ok": True})
 
 
-def make_app(
-    chat: Chat, sockets: SendSockets | None = None, **settings: Any
-) -> tornado.web.Application:
+def make_app(chat: Chat, sockets: SendSockets, **settings: Any) -> tornado.web.Application:
     """chatcore's routes; `sockets` keeps the send sockets for shutdown (chatcore.app)."""
     user = r"/internal/users/(\d{1,18})"
     return LeanApplication(
@@ -249,11 +247,7 @@ def make_app(
             (user + r"/friends/(\d{1,18})", Friend, {"chat": chat}),
             (user + r"/messages", Messages, {"chat": chat}),
             (r"/internal/sends", Sends, {"chat": chat}),
-            (
-                sends_socket.PATH,
-                SendsSocket,
-                {"chat": chat, "sockets": SendSockets() if sockets is None else sockets},
-            ),
+            (sends_socket.PATH, SendsSocket, {"chat": chat, "sockets": sockets}),
             (user + r"/conversations", Conversations, {"chat": chat}),
             (user + r"/conversations/(\d{1,18})/messages", History, {"chat": chat}),
             (user + r"/conversations/(\d{1,18})/read", Read, {"chat": chat}),

@@ -97,13 +97,8 @@ class ChatcoreClient:
                 status, raw = resp.status, await resp.read()
                 retry_after = resp.headers.get("Retry-After")
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            log.warning("chatcore %s failed: %s", route, exc or type(exc).__name__)
-            self._count_error(route)
-            raise unavailable() from None
-        if self._metrics is not None:
-            self._metrics.chatcore_seconds.labels(route).observe(time.perf_counter() - started)
-        if status >= 500:
-            self._count_error(route)
+            raise self._failed(route, exc) from None
+        self._answered(route, started, status)
         if status >= 400:
             error = _relayed(status, raw)
             if retry_after is not None:
@@ -127,21 +122,27 @@ class ChatcoreClient:
             self._post_until = time.monotonic() + POST_AFTER_REFUSAL
             return (await self.call("POST", "/internal/sends", body=body))["results"]
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            log.warning("chatcore %s failed: %s", SOCKET_ROUTE, exc or type(exc).__name__)
-            self._count_error(SOCKET_ROUTE)
             if isinstance(exc, TimeoutError):
                 self._socket.drop()
-            raise unavailable() from None
-        if self._metrics is not None:
-            self._metrics.chatcore_seconds.labels(SOCKET_ROUTE).observe(
-                time.perf_counter() - started
-            )
+            raise self._failed(SOCKET_ROUTE, exc) from None
         status = int(answer["status"])
-        if status >= 500:
-            self._count_error(SOCKET_ROUTE)
+        self._answered(SOCKET_ROUTE, started, status)
         if status >= 400:
             raise _error_of(status, answer)
         return cast(list[dict[str, Any]], answer["results"])
+
+    def _failed(self, route: str, exc: BaseException) -> ApiError:
+        """A call that got no answer: logged, counted, and the 503 the browser retries."""
+        log.warning("chatcore %s failed: %s", route, exc or type(exc).__name__)
+        self._count_error(route)
+        return unavailable()
+
+    def _answered(self, route: str, started: float, status: int) -> None:
+        """A call's time, and chatcore's own failures, into the metrics."""
+        if self._metrics is not None:
+            self._metrics.chatcore_seconds.labels(route).observe(time.perf_counter() - started)
+        if status >= 500:
+            self._count_error(route)
 
     def _count_error(self, route: str) -> None:
         if self._metrics is not None:
